@@ -1,0 +1,1 @@
+"""Inference: one interface (`engines.base.ImageEngine`), several backends."""

@@ -1,0 +1,53 @@
+"""SDXL's two CLIP text encoders in PyTorch, shared by every backend.
+
+They cost a few percent of an image (the UNet and the VAE are the rest), so every backend runs them
+here; the compiled backends swap only the UNet and the VAE decoder.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from typing import Any, Sequence
+
+import torch
+
+MAX_TOKENS = 77
+
+
+class TorchTextEncoders:
+    """Both encoders: penultimate hidden states side by side, pooled output of the second."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        tokenizer_2: Any,
+        text_encoder: torch.nn.Module,
+        text_encoder_2: torch.nn.Module,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.tokenizers = (tokenizer, tokenizer_2)
+        self.encoders = (text_encoder, text_encoder_2)
+        self.device = torch.device(device)
+        # A fast tokenizer keeps its padding/truncation settings as state: counting tokens on other
+        # threads while `encode` runs on the engine's thread needs its own copy (and a lock).
+        self._counting_tokenizer = copy.deepcopy(tokenizer)
+        self._counting_lock = threading.Lock()
+
+    def is_truncated(self, prompt: str) -> bool:
+        # Both tokenizers split text the same way; the first one's count decides.
+        with self._counting_lock:
+            return len(self._counting_tokenizer(prompt, truncation=False).input_ids) > MAX_TOKENS
+
+    @torch.inference_mode()
+    def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden_states = []
+        pooled = None
+        for tokenizer, encoder in zip(self.tokenizers, self.encoders):
+            ids = tokenizer(
+                list(prompts), padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt"
+            ).input_ids.to(self.device)
+            output = encoder(ids, output_hidden_states=True)
+            hidden_states.append(output.hidden_states[-2])
+            pooled = output[0]  # the second encoder's (projected) pooled output is the one kept
+        return torch.cat(hidden_states, dim=-1).float(), pooled.float()

@@ -1,0 +1,156 @@
+"""PyTorch runners: the CPU fallback (bf16 where the processor has it, else fp32) and CUDA without engines."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from engines.base import EngineInfo, EngineLimits, GenerationRequest, ImageEngine
+from engines.hardware import cpu_has_bf16, usable_cpu_count
+from engines.pipeline import PipelineConfig, SDXLTurboPipeline
+from engines.presets import SDXLComponents, load_components
+from engines.text_encoders import TorchTextEncoders
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TorchNumerics:
+    device: torch.device
+    dtype: torch.dtype  # text encoders and UNet
+    vae_dtype: torch.dtype  # the SDXL VAE overflows in fp16: never fp16
+
+    @property
+    def label(self) -> str:
+        names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+        label = f"{self.device.type}-{names[self.dtype]}"
+        return label if self.vae_dtype == self.dtype else f"{label}-vae-{names[self.vae_dtype]}"
+
+
+def choose_numerics(device: str = "auto", precision: str = "auto") -> TorchNumerics:
+    """CUDA: fp16 with the VAE in bf16 (or fp32). CPU: bf16 where native, else fp32."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if precision == "auto":
+        if dev.type == "cuda":
+            precision = "fp16"
+        else:
+            precision = "bf16" if cpu_has_bf16() else "fp32"
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    vae_dtype = dtype
+    if dtype == torch.float16:
+        vae_dtype = torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    return TorchNumerics(dev, dtype, vae_dtype)
+
+
+class TorchUNet:
+    def __init__(self, unet: torch.nn.Module, dtype: torch.dtype) -> None:
+        self.unet, self.dtype = unet, dtype
+
+    @torch.inference_mode()
+    def __call__(self, sample, timestep, encoder_hidden_states, text_embeds, time_ids) -> torch.Tensor:
+        cast = lambda t: t.to(self.dtype)  # noqa: E731
+        out = self.unet(
+            cast(sample),
+            timestep,
+            encoder_hidden_states=cast(encoder_hidden_states),
+            added_cond_kwargs={"text_embeds": cast(text_embeds), "time_ids": cast(time_ids)},
+            return_dict=False,
+        )[0]
+        return out.float()
+
+
+class TorchVAEDecoder:
+    def __init__(self, vae: torch.nn.Module, dtype: torch.dtype) -> None:
+        self.vae, self.dtype = vae, dtype
+
+    @torch.inference_mode()
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents.to(self.dtype), return_dict=False)[0].float()
+
+
+def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """Move a module only when it is not already there (diffusers warns on needless casts)."""
+    parameter = next(module.parameters())
+    if parameter.device != device or parameter.dtype != dtype:
+        module = module.to(device, dtype)
+    return module.eval()
+
+
+def build_torch_pipeline(components: SDXLComponents, numerics: TorchNumerics) -> SDXLTurboPipeline:
+    """Move components to their device and dtype and wrap them as the loop's runners."""
+    device = numerics.device
+    text_encoders = TorchTextEncoders(
+        components.tokenizer,
+        components.tokenizer_2,
+        _place(components.text_encoder, device, numerics.dtype),
+        _place(components.text_encoder_2, device, numerics.dtype),
+        device,
+    )
+    config = PipelineConfig(
+        scheduler_config=components.scheduler_config,
+        vae_scaling_factor=components.vae.config.scaling_factor,
+        force_zeros_for_empty_prompt=components.force_zeros_for_empty_prompt,
+    )
+    return SDXLTurboPipeline(
+        text_encoders,
+        TorchUNet(_place(components.unet, device, numerics.dtype), numerics.dtype),
+        TorchVAEDecoder(_place(components.vae, device, numerics.vae_dtype), numerics.vae_dtype),
+        config,
+        device,
+    )
+
+
+class TorchEngine(ImageEngine):
+    """The SDXL Turbo loop on PyTorch modules; the path that always works."""
+
+    def __init__(
+        self,
+        model: str,
+        device: str = "auto",
+        precision: str = "auto",
+        presets_dir: Path | None = None,
+        selection_reason: str = "",
+        limits: EngineLimits | None = None,
+    ) -> None:
+        self.model = model
+        self.numerics = choose_numerics(device, precision)
+        self.presets_dir = presets_dir
+        self.limits = limits or EngineLimits()
+        self.info = EngineInfo(name=f"torch-{self.numerics.label}", model_fingerprint="", selection_reason=selection_reason)
+        self._pipeline: SDXLTurboPipeline | None = None
+
+    def load(self) -> None:
+        if self.numerics.device.type == "cpu":
+            torch.set_num_threads(usable_cpu_count())
+        components = load_components(self.model, self.numerics.dtype, self.presets_dir)
+        self.info.model_fingerprint = components.fingerprint
+        self._pipeline = build_torch_pipeline(components, self.numerics)
+        logger.info("loaded %s as %s (%s)", self.model, self.info.name, components.fingerprint)
+
+    @property
+    def pipeline(self) -> SDXLTurboPipeline:
+        if self._pipeline is None:
+            raise RuntimeError("the engine is not loaded: call load() first")
+        return self._pipeline
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[np.ndarray]:
+        with torch.inference_mode():
+            return list(self.pipeline(requests))
+
+    def truncated_fields(self, request: GenerationRequest) -> list[str]:
+        encoders = self.pipeline.text_encoder
+        return [name for name in ("prompt", "negative_prompt") if encoders.is_truncated(getattr(request, name))]
+
+    def close(self) -> None:
+        self._pipeline = None
+        gc.collect()
+        if self.numerics.device.type == "cuda":
+            torch.cuda.empty_cache()

@@ -1,0 +1,79 @@
+"""`python -m service`: read settings, pick the engine, serve until SIGTERM/SIGINT, then drain and exit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from typing import Sequence
+
+from aiohttp import web
+
+from engines.base import EngineUnavailable
+from engines.select import EngineRequest, select_engine
+from service.app import READINESS, create_app, drain
+from service.cache import ImageCache
+from service.settings import Settings, SettingsError, load_settings
+
+logger = logging.getLogger("service")
+
+
+async def serve(app: web.Application, settings: Settings) -> int:
+    """Run the app until a signal or a failed engine start; 0 after a clean drain, 1 otherwise."""
+    readiness = app[READINESS]
+    # Cancel a handler whose client went away: its queued request frees its place.
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+    except OSError as exc:
+        logger.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc)
+        await runner.cleanup()
+        return 1
+    logger.info("listening on http://%s:%s", settings.host, settings.port)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, readiness.stop.set)
+    await readiness.stop.wait()
+    failed = readiness.state == "failed"
+    logger.info("stopping (%s); draining in-flight requests", readiness.state if failed else "signal")
+    drained = await drain(app)
+    if not drained:
+        logger.warning("requests still in flight after %.0f s; stopping anyway", settings.shutdown_timeout)
+    await runner.cleanup()
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = load_settings(argv)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        engine = select_engine(
+            EngineRequest(
+                engine=settings.engine,
+                model=settings.model,
+                engine_dir=settings.engine_dir,
+                device=settings.device,
+                precision=settings.precision,
+                presets_dir=settings.presets_dir,
+            )
+        )
+    except EngineUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        cache = ImageCache(settings.cache_dir, settings.cache_size)
+    except OSError as exc:
+        print(f"error: --cache-dir {settings.cache_dir}: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(serve(create_app(settings, engine, cache), settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

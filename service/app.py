@@ -1,0 +1,131 @@
+"""create_app(settings, engine, cache) -> aiohttp Application: typed keys, middlewares, life cycle.
+
+The application takes ownership of the engine and the cache it is given: its cleanup context
+starts the scheduler, loads and warms up the engine in the background (so /healthz answers while a
+large model loads), and on shutdown drains, then closes the scheduler, the engine and the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from engines.base import ImageEngine
+from service.cache import ImageCache
+from service.errors import REQUEST_ID_HEADER, REQUEST_ID_KEY, error_middleware
+from service.generation import ImageGenerator, run_blocking
+from service.scheduler import InferenceScheduler
+from service.schema import RequestLimits
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Readiness:
+    """Where the service stands: loading -> warming_up -> ready -> draining; or failed."""
+
+    state: str = "loading"
+    detail: str = ""
+    # Set when the process should stop: the engine could not load, or a signal came.
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+
+SETTINGS = web.AppKey("settings", Settings)
+ENGINE = web.AppKey("engine", ImageEngine)
+CACHE = web.AppKey("cache", ImageCache)
+SCHEDULER = web.AppKey("scheduler", InferenceScheduler)
+GENERATOR = web.AppKey("generator", ImageGenerator)
+READINESS = web.AppKey("readiness", Readiness)
+LIMITS = web.AppKey("limits", RequestLimits)
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+@web.middleware
+async def request_id_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every request gets an id (the client's, if it sent a sane one), echoed in a header and in logs."""
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    request[REQUEST_ID_KEY] = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+    response = await handler(request)
+    response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID_KEY]
+    return response
+
+
+async def _load_and_warm_up(app: web.Application) -> None:
+    engine, scheduler, readiness = app[ENGINE], app[SCHEDULER], app[READINESS]
+    try:
+        await scheduler.call_engine(engine.load)
+        readiness.state, readiness.detail = "warming_up", "making one warm-up image"
+        await scheduler.call_engine(engine.warm_up)
+    except Exception as exc:
+        logger.exception("the engine %s could not start", engine.info.name)
+        readiness.state, readiness.detail = "failed", f"{exc.__class__.__name__}: {exc}"
+        readiness.stop.set()
+        return
+    readiness.state, readiness.detail = "ready", ""
+    logger.info("ready: engine %s, model %s", engine.info.name, engine.info.model_fingerprint)
+
+
+async def _engine_context(app: web.Application) -> AsyncIterator[None]:
+    scheduler, engine = app[SCHEDULER], app[ENGINE]
+    scheduler.start()
+    loader = asyncio.create_task(_load_and_warm_up(app), name="engine-loader")
+    yield
+    loader.cancel()
+    await asyncio.gather(loader, return_exceptions=True)
+    await scheduler.close()
+    await run_blocking(engine.close)
+
+
+async def _cache_context(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await run_blocking(app[CACHE].close)
+
+
+async def drain(app: web.Application) -> bool:
+    """Refuse new work, let in-flight work finish within the grace period; True if all of it did."""
+    readiness = app[READINESS]
+    if readiness.state != "failed":
+        readiness.state, readiness.detail = "draining", "shutting down"
+    return await app[SCHEDULER].drain(app[SETTINGS].shutdown_timeout)
+
+
+def create_app(settings: Settings, engine: ImageEngine, cache: ImageCache) -> web.Application:
+    from service.routes import add_routes  # routes read the keys above
+
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[request_id_middleware, error_middleware(settings.max_body_bytes)],
+    )
+    app[SETTINGS] = settings
+    app[ENGINE] = engine
+    app[CACHE] = cache
+    app[READINESS] = Readiness()
+    app[LIMITS] = RequestLimits(
+        max_prompt_chars=settings.max_prompt_chars, max_steps=settings.max_steps, engine=engine.limits
+    )
+    app[SCHEDULER] = InferenceScheduler(
+        engine,
+        max_queue=settings.max_queue,
+        max_batch=settings.max_batch,
+        batch_window_s=settings.batch_window_ms / 1000,
+    )
+    app[GENERATOR] = ImageGenerator(engine, cache, app[SCHEDULER])
+    # Cleanup runs in reverse: the engine stops before the cache closes.
+    app.cleanup_ctx.append(_cache_context)
+    app.cleanup_ctx.append(_engine_context)
+    add_routes(app)
+    return app

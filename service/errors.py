@@ -1,0 +1,103 @@
+"""Error types and the one place that turns them into HTTP responses.
+
+Client mistakes are `ApiError`s, raised by our own code with a field and a rule. Anything else that
+escapes a handler is a bug or an engine failure: a 500 with a request id, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-Id"
+REQUEST_ID_KEY = "request_id"
+
+
+class ApiError(Exception):
+    """An error the client can act on: HTTP status, a stable code, a message naming the rule."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, field: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.headers = headers or {}
+
+
+class MalformedBody(ApiError):
+    status, code = 400, "malformed_body"
+
+
+class InvalidField(ApiError):
+    status, code = 422, "invalid_field"
+
+
+class UnsupportedMediaType(ApiError):
+    status, code = 415, "unsupported_media_type"
+
+
+class Overloaded(ApiError):
+    """The admission queue is full: come back after `retry_after` seconds."""
+
+    status, code = 429, "queue_full"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
+
+
+class NotReady(ApiError):
+    """Loading, warming up, or draining for shutdown."""
+
+    status, code = 503, "not_ready"
+
+    def __init__(self, message: str, retry_after: float = 5) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
+
+
+class DeadlineExceeded(ApiError):
+    status, code = 504, "deadline_exceeded"
+
+
+# aiohttp raises these itself (routing, body size); they get the same JSON shape.
+_HTTP_CODES = {
+    404: ("not_found", "no such path: {path}"),
+    405: ("method_not_allowed", "{method} is not allowed on {path}"),
+    413: ("body_too_large", "the request body is larger than the limit of {limit} bytes"),
+}
+
+
+def error_body(code: str, message: str, field: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "field": field, **extra}}
+
+
+def json_error(status: int, code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None, **extra: Any) -> web.Response:
+    return web.json_response(error_body(code, message, field, **extra), status=status, headers=headers)
+
+
+def error_middleware(max_body_bytes: int) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        request_id = request[REQUEST_ID_KEY]
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return json_error(exc.status, exc.code, exc.message, exc.field, exc.headers)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            code, template = _HTTP_CODES.get(exc.status, ("http_error", exc.reason or "error"))
+            message = template.format(path=request.path, method=request.method, limit=max_body_bytes)
+            headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+            return json_error(exc.status, code, message, headers=headers)
+        except Exception:
+            logger.exception("request %s failed: %s %s", request_id, request.method, request.path)
+            return json_error(500, "internal_error", f"the server failed to make this image; request id {request_id}", request_id=request_id)
+
+    return middleware

@@ -1,0 +1,106 @@
+"""HTTP handlers. They parse, ask ImageGenerator, and shape the answer; nothing here blocks."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from pathlib import Path
+
+from aiohttp import web
+
+from service.app import ENGINE, GENERATOR, LIMITS, READINESS, SCHEDULER, SETTINGS
+from service.errors import DeadlineExceeded, InvalidField, NotReady, UnsupportedMediaType
+from service.schema import ImageJob, decode_json_body, parse_generation_request
+
+INDEX_PAGE = (Path(__file__).with_name("static") / "index.html").read_text()
+TIMEOUT_HEADER = "X-Request-Timeout"
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/generate-image", generate_image)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/", index)
+
+
+async def read_json(request: web.Request) -> object:
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType(
+            f"Content-Type must be application/json, got {request.content_type or 'nothing'}", "Content-Type"
+        )
+    return decode_json_body(await request.read())  # over the size limit: aiohttp raises 413
+
+
+def request_deadline(request: web.Request) -> float:
+    """The server's timeout, shortened by an X-Request-Timeout header (seconds) if the client sends one."""
+    timeout = request.app[SETTINGS].request_timeout
+    header = request.headers.get(TIMEOUT_HEADER)
+    if header is not None:
+        try:
+            asked = float(header)
+        except ValueError:
+            asked = math.nan
+        if not (math.isfinite(asked) and asked > 0):
+            raise InvalidField(f"{TIMEOUT_HEADER} must be a positive number of seconds, got {header!r}", TIMEOUT_HEADER)
+        timeout = min(timeout, asked)
+    return asyncio.get_running_loop().time() + timeout
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    candidates = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return etag in candidates or "*" in candidates
+
+
+def image_headers(request: web.Request, job: ImageJob, key: str, truncated: list[str]) -> dict[str, str]:
+    headers = {
+        "ETag": f'"{key}"',
+        "X-Seed": str(job.generation.seed),
+        "X-Engine": request.app[ENGINE].info.name,
+    }
+    if truncated:
+        headers["X-Prompt-Truncated"] = ", ".join(truncated)
+    return headers
+
+
+async def generate_image(request: web.Request) -> web.Response:
+    readiness = request.app[READINESS]
+    if not readiness.ready:
+        raise NotReady(f"the model is not ready ({readiness.state})")
+    deadline = request_deadline(request)
+    job = parse_generation_request(await read_json(request), request.app[LIMITS], request.headers.get("Accept"))
+    generator = request.app[GENERATOR]
+    key = generator.key(job)
+    headers = image_headers(request, job, key, await generator.truncated_fields(job))
+    if etag_matches(request.headers.get("If-None-Match"), headers["ETag"]):
+        return web.Response(status=304, headers=headers)
+    try:
+        remaining = deadline - asyncio.get_running_loop().time()
+        result = await asyncio.wait_for(generator.get(job, key, deadline), remaining)
+    except asyncio.TimeoutError:
+        raise DeadlineExceeded("the image was not ready before the request's deadline") from None
+    headers["X-Cache"] = result.cache_status
+    return web.Response(body=result.data, content_type=job.media_type, headers=headers)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    readiness, engine = request.app[READINESS], request.app[ENGINE]
+    body = {
+        "ready": readiness.ready,
+        "state": readiness.state,
+        "detail": readiness.detail,
+        "engine": engine.info.name,
+        "engine_reason": engine.info.selection_reason,
+        "model": engine.info.model_fingerprint,
+        "queue_depth": request.app[SCHEDULER].depth,
+    }
+    return web.json_response(body, status=200 if readiness.ready else 503)
+
+
+async def index(request: web.Request) -> web.Response:
+    return web.Response(text=INDEX_PAGE, content_type="text/html")

@@ -1,0 +1,239 @@
+"""Between the HTTP layer and the engine: admission queue, deadlines, micro-batching, coalescing.
+
+`InferenceScheduler` owns the engine's one thread. Requests wait in a bounded queue; a full queue
+refuses at once with a Retry-After estimate; a request whose deadline passes while queued is
+dropped before it reaches the model; requests that can share a UNet batch are run together.
+`InFlight` makes identical requests in flight share one computation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Generic, TypeVar
+
+import numpy as np
+
+from engines.base import GenerationRequest, ImageEngine
+from service.errors import DeadlineExceeded, NotReady, Overloaded
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class _Job:
+    request: GenerationRequest
+    future: asyncio.Future[np.ndarray]
+    deadline: float  # on the loop's clock
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class SchedulerObserver:
+    """Hooks for metrics; the default does nothing."""
+
+    def queued(self, depth: int) -> None: ...
+    def refused(self, reason: str) -> None: ...
+    def batch_done(self, size: int, queue_waits: list[float], seconds: float) -> None: ...
+
+
+class InferenceScheduler:
+    def __init__(
+        self,
+        engine: ImageEngine,
+        *,
+        max_queue: int,
+        max_batch: int = 1,
+        batch_window_s: float = 0.0,
+        observer: SchedulerObserver | None = None,
+    ) -> None:
+        self.engine = engine
+        self.max_queue = max_queue
+        self.max_batch = max(1, min(max_batch, engine.limits.max_batch))
+        self.batch_window_s = batch_window_s if self.max_batch > 1 else 0.0
+        self.observer = observer or SchedulerObserver()
+        self._pending: list[_Job] = []
+        self._running: list[_Job] = []
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._worker: asyncio.Task[None] | None = None
+        self._accepting = True
+        self._seconds_per_image: float | None = None  # moving average of measured batches
+
+    # --- the engine's thread, also used to load and warm up -------------------------------------
+
+    async def call_engine(self, fn: Callable[..., T], *args: object) -> T:
+        """Run a blocking engine method on the engine's own thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def start(self) -> None:
+        self._worker = asyncio.create_task(self._run(), name="inference-scheduler")
+
+    # --- admission --------------------------------------------------------------------------------
+
+    @property
+    def depth(self) -> int:
+        return len(self._pending)
+
+    @property
+    def busy(self) -> int:
+        return len(self._pending) + len(self._running)
+
+    def retry_after(self) -> float:
+        per_image = self._seconds_per_image or 1.0
+        return (len(self._pending) + len(self._running)) * per_image / self.max_batch
+
+    async def submit(self, request: GenerationRequest, deadline: float) -> np.ndarray:
+        """Queue a request and wait for its image; raises Overloaded, NotReady or DeadlineExceeded."""
+        if not self._accepting:
+            self.observer.refused("draining")
+            raise NotReady("the service is shutting down; retry on another replica")
+        if len(self._pending) >= self.max_queue:
+            self.observer.refused("queue_full")
+            raise Overloaded(f"the queue is full ({self.max_queue} requests waiting); retry later", self.retry_after())
+        job = _Job(request, asyncio.get_running_loop().create_future(), deadline)
+        self._pending.append(job)
+        self.observer.queued(len(self._pending))
+        self._wakeup.set()
+        try:
+            return await job.future
+        finally:
+            # A waiter that gave up (client gone, deadline) frees its place at once.
+            if job in self._pending:
+                self._pending.remove(job)
+                self.observer.queued(len(self._pending))
+
+    # --- the worker ---------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            if batch:
+                await self._execute(batch)
+
+    async def _next_batch(self) -> list[_Job]:
+        while not self._live_pending():
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        signature = self._pending[0].request.batch_signature()
+        if self.batch_window_s > 0:
+            # Wait a short window for batch-mates, unless the batch is already full.
+            window_end = asyncio.get_running_loop().time() + self.batch_window_s
+            while len(self._matching(signature)) < self.max_batch:
+                remaining = window_end - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except asyncio.TimeoutError:
+                    break
+        batch = self._matching(signature)[: self.max_batch]
+        for job in batch:
+            self._pending.remove(job)
+        self.observer.queued(len(self._pending))
+        return batch
+
+    def _live_pending(self) -> bool:
+        """Drop jobs whose waiter left or whose deadline passed; True if any remain."""
+        now = asyncio.get_running_loop().time()
+        for job in list(self._pending):
+            if job.future.done():
+                self._pending.remove(job)
+            elif job.deadline <= now:
+                self._pending.remove(job)
+                self.observer.refused("deadline")
+                job.future.set_exception(DeadlineExceeded("the request's deadline passed while it waited in the queue"))
+        return bool(self._pending)
+
+    def _matching(self, signature: tuple) -> list[_Job]:
+        self._live_pending()
+        return [job for job in self._pending if job.request.batch_signature() == signature]
+
+    async def _execute(self, batch: list[_Job]) -> None:
+        self._running = batch
+        started = time.monotonic()
+        try:
+            images = await self.call_engine(self.engine.generate, [job.request for job in batch])
+        except Exception as exc:
+            logger.exception("the engine failed on a batch of %d", len(batch))
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            return
+        finally:
+            self._running = []
+        seconds = time.monotonic() - started
+        per_image = seconds / len(batch)
+        self._seconds_per_image = per_image if self._seconds_per_image is None else 0.8 * self._seconds_per_image + 0.2 * per_image
+        self.observer.batch_done(len(batch), [started - job.enqueued for job in batch], seconds)
+        for job, image in zip(batch, images):
+            if not job.future.done():
+                job.future.set_result(image)
+
+    # --- shutdown -------------------------------------------------------------------------------------
+
+    def stop_accepting(self) -> None:
+        self._accepting = False
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until queued and running work is done, at most `timeout` seconds; True if it all finished."""
+        self.stop_accepting()
+        deadline = time.monotonic() + timeout
+        while self.busy and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return not self.busy
+
+    async def close(self) -> None:
+        """Stop the worker, fail what is left, and release the engine's thread."""
+        self.stop_accepting()
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+        for job in self._pending:
+            if not job.future.done():
+                job.future.set_exception(NotReady("the service shut down before this request ran"))
+        self._pending.clear()
+        self._executor.shutdown(wait=True)
+
+
+class InFlight(Generic[T]):
+    """Identical requests in flight are computed once: the first starts the work, the rest join it.
+
+    The work runs as its own task, so one waiter leaving does not stop it for the others; when the
+    last waiter leaves, the work is cancelled (a queued request frees its place in the queue).
+    """
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, asyncio.Task[T]] = {}
+        self._waiters: dict[asyncio.Task[T], int] = {}
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def run(self, key: str, start: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+        """Returns the result and whether it was shared with an earlier identical request."""
+        task = self._tasks.get(key)
+        shared = task is not None
+        if task is None:
+            task = asyncio.ensure_future(start())
+            self._tasks[key] = task
+            task.add_done_callback(lambda done: self._forget(key, done))
+        self._waiters[task] = self._waiters.get(task, 0) + 1
+        try:
+            return await asyncio.shield(task), shared
+        finally:
+            self._waiters[task] -= 1
+            if self._waiters[task] == 0:
+                del self._waiters[task]
+                if not task.done():
+                    task.cancel()
+
+    def _forget(self, key: str, task: asyncio.Task[T]) -> None:
+        if self._tasks.get(key) is task:
+            del self._tasks[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: no "exception was never retrieved" when every waiter left

@@ -1,0 +1,155 @@
+"""One frozen Settings object, read from flags and environment variables and validated at start-up.
+
+Each setting has a flag (`--cache-size`) and a variable (`SDXL_CACHE_SIZE`); a flag wins over the
+variable, the variable over the default. A bad value stops start-up with a message naming where it
+came from and the rule it broke.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from engines.presets import DEFAULT_MODEL
+
+ENV_PREFIX = "SDXL_"
+ENGINES = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3}
+
+
+class SettingsError(ValueError):
+    """A setting broke its rule; the message names the flag or variable."""
+
+
+def _default_cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "sdxl-turbo-service" / "images"
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = DEFAULT_MODEL
+    engine: str = "auto"
+    engine_dir: Path = Path("build/engines")
+    device: str = "auto"
+    precision: str = "auto"
+    host: str = "127.0.0.1"
+    port: int = 5000
+    cache_dir: Path = dataclasses.field(default_factory=_default_cache_dir)
+    cache_size: int = 2 * 1024**3
+    presets_dir: Path | None = None
+    max_body_bytes: int = 64 * 1024
+    max_prompt_chars: int = 2000
+    max_steps: int = 4
+    max_queue: int = 32
+    max_batch: int = 1
+    batch_window_ms: float = 0.0
+    request_timeout: float = 120.0
+    shutdown_timeout: float = 30.0
+    log_level: str = "INFO"
+
+
+def parse_size(text: str) -> int:
+    """'2GB', '512MB', '1048576' -> bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError("must be a size such as 2GB, 500MB or a number of bytes")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def _choice(options: Sequence[str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return text
+
+    return parse
+
+
+def _bounded(kind: Callable[[str], Any], low: float, high: float) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ValueError(f"must be {'an integer' if kind is int else 'a number'} from {low:g} to {high:g}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be from {low:g} to {high:g}")
+        return value
+
+    return parse
+
+
+def _nonempty(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text.strip()
+
+
+# field -> (parser, help). The flag is --field-name, the variable SDXL_FIELD_NAME.
+OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
+    "model": (_nonempty, "tiny | sdxl-random | a Hugging Face hub id | a local pipeline directory"),
+    "engine": (_choice(ENGINES), "inference backend; auto picks the fastest that can run here"),
+    "engine_dir": (Path, "where build_engines.py wrote engines and manifest.json"),
+    "device": (_choice(("auto", "cpu", "cuda")), "torch device for the torch backend"),
+    "precision": (_choice(("auto", "fp32", "bf16", "fp16")), "torch precision; auto: fp16 on CUDA, bf16 on CPUs that have it, else fp32"),
+    "host": (_nonempty, "address to listen on"),
+    "port": (_bounded(int, 1, 65535), "port to listen on"),
+    "cache_dir": (Path, "image cache directory (private to the service user)"),
+    "cache_size": (lambda t: _positive_size(t), "image cache size limit, e.g. 2GB"),
+    "presets_dir": (Path, "where the tiny preset is saved once built"),
+    "max_body_bytes": (_bounded(int, 1024, 16 * 1024**2), "largest request body accepted"),
+    "max_prompt_chars": (_bounded(int, 1, 100_000), "longest prompt accepted, in characters"),
+    "max_steps": (_bounded(int, 1, 50), "most inference steps a request may ask for"),
+    "max_queue": (_bounded(int, 1, 100_000), "requests waiting for the model before new ones get 429"),
+    "max_batch": (_bounded(int, 1, 64), "most requests run as one UNet batch (1: batching off)"),
+    "batch_window_ms": (_bounded(float, 0, 10_000), "how long a batch waits to fill up"),
+    "request_timeout": (_bounded(float, 0.1, 86_400), "seconds a request may take before 504"),
+    "shutdown_timeout": (_bounded(float, 0, 3_600), "seconds in-flight requests get to finish on SIGTERM"),
+    "log_level": (_choice(("DEBUG", "INFO", "WARNING", "ERROR")), "logging level"),
+}
+
+
+def _positive_size(text: str) -> int:
+    value = parse_size(text)
+    if value <= 0:
+        raise ValueError("must be larger than 0")
+    return value
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m service", description="Serve SDXL Turbo images over HTTP.")
+    for field, (_, help_text) in OPTIONS.items():
+        parser.add_argument(flag_name(field), dest=field, default=None, help=f"{help_text} [{env_name(field)}]")
+    return parser
+
+
+def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Flags, then environment variables, then defaults; raises SettingsError naming the source."""
+    environ = os.environ if environ is None else environ
+    flags = vars(build_parser().parse_args(argv))
+    values: dict[str, Any] = {}
+    for field, (parse, _) in OPTIONS.items():
+        if flags[field] is not None:
+            raw, source = flags[field], flag_name(field)
+        elif environ.get(env_name(field)):
+            raw, source = environ[env_name(field)], env_name(field)
+        else:
+            continue
+        try:
+            values[field] = parse(raw)
+        except ValueError as exc:
+            raise SettingsError(f"{source}={raw!r}: {exc}") from None
+    return Settings(**values)
