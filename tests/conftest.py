@@ -1,0 +1,38 @@
+"""Shared fixtures: the tiny model saved once per session, and one running tiny service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.helpers import ServiceProcess
+
+
+@pytest.fixture(scope="session")
+def presets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the tiny preset is built and saved (once per test session)."""
+    from engines.presets import ensure_tiny_directory
+
+    directory = tmp_path_factory.mktemp("presets")
+    ensure_tiny_directory(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_service(tmp_path_factory: pytest.TempPathFactory, presets_dir: Path) -> Iterator[ServiceProcess]:
+    """One `python -m service --model tiny` for the HTTP tests of a session."""
+    service = ServiceProcess(
+        [
+            "--model", "tiny",
+            "--presets-dir", str(presets_dir),
+            "--cache-dir", str(tmp_path_factory.mktemp("image-cache")),
+        ]
+    )
+    try:
+        service.wait_ready()
+        yield service
+    finally:
+        code = service.stop()
+        assert code == 0, f"the service did not exit cleanly ({code}):\n{service.log()}"
