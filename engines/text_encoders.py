@@ -25,10 +25,12 @@ class TorchTextEncoders:
         text_encoder: torch.nn.Module,
         text_encoder_2: torch.nn.Module,
         device: torch.device | str = "cpu",
+        split_batch: bool = False,
     ) -> None:
         self.tokenizers = (tokenizer, tokenizer_2)
         self.encoders = (text_encoder, text_encoder_2)
         self.device = torch.device(device)
+        self.split_batch = split_batch  # one prompt at a time: see engines.torch_backend.per_item
         # A fast tokenizer keeps its padding/truncation settings as state: counting tokens on other
         # threads while `encode` runs on the engine's thread needs its own copy (and a lock).
         self._counting_tokenizer = copy.deepcopy(tokenizer)
@@ -41,6 +43,12 @@ class TorchTextEncoders:
 
     @torch.inference_mode()
     def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.split_batch and len(prompts) > 1:
+            parts = [self._encode([prompt]) for prompt in prompts]
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        return self._encode(prompts)
+
+    def _encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         hidden_states = []
         pooled = None
         for tokenizer, encoder in zip(self.tokenizers, self.encoders):

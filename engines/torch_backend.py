@@ -6,7 +6,7 @@ import gc
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -50,30 +50,47 @@ def choose_numerics(device: str = "auto", precision: str = "auto") -> TorchNumer
     return TorchNumerics(dev, dtype, vae_dtype)
 
 
+def per_item(fn: Callable[..., torch.Tensor], *batched: torch.Tensor) -> torch.Tensor:
+    """Run `fn` one batch item at a time and stack the results.
+
+    CPU kernels block their work by batch size, so a batched result can differ from the same item
+    alone in the last bits, and then in a pixel. On a CPU a batch gains no throughput anyway (the
+    work is compute bound), so CPU runners go item by item: a request gets the same bytes whether
+    or not it shared a batch, and the cache stays consistent.
+    """
+    return torch.cat([fn(*(t[i : i + 1] for t in batched)) for i in range(batched[0].shape[0])])
+
+
 class TorchUNet:
-    def __init__(self, unet: torch.nn.Module, dtype: torch.dtype) -> None:
-        self.unet, self.dtype = unet, dtype
+    def __init__(self, unet: torch.nn.Module, dtype: torch.dtype, split_batch: bool) -> None:
+        self.unet, self.dtype, self.split_batch = unet, dtype, split_batch
 
     @torch.inference_mode()
     def __call__(self, sample, timestep, encoder_hidden_states, text_embeds, time_ids) -> torch.Tensor:
-        cast = lambda t: t.to(self.dtype)  # noqa: E731
-        out = self.unet(
-            cast(sample),
+        args = [t.to(self.dtype) for t in (sample, encoder_hidden_states, text_embeds, time_ids)] + [timestep]
+        return (per_item(self._forward, *args) if self.split_batch else self._forward(*args)).float()
+
+    def _forward(self, sample, encoder_hidden_states, text_embeds, time_ids, timestep) -> torch.Tensor:
+        return self.unet(
+            sample,
             timestep,
-            encoder_hidden_states=cast(encoder_hidden_states),
-            added_cond_kwargs={"text_embeds": cast(text_embeds), "time_ids": cast(time_ids)},
+            encoder_hidden_states=encoder_hidden_states,
+            added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids},
             return_dict=False,
         )[0]
-        return out.float()
 
 
 class TorchVAEDecoder:
-    def __init__(self, vae: torch.nn.Module, dtype: torch.dtype) -> None:
-        self.vae, self.dtype = vae, dtype
+    def __init__(self, vae: torch.nn.Module, dtype: torch.dtype, split_batch: bool) -> None:
+        self.vae, self.dtype, self.split_batch = vae, dtype, split_batch
 
     @torch.inference_mode()
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents.to(self.dtype), return_dict=False)[0].float()
+        latents = latents.to(self.dtype)
+        return (per_item(self._decode, latents) if self.split_batch else self._decode(latents)).float()
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents, return_dict=False)[0]
 
 
 def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
@@ -87,12 +104,14 @@ def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) ->
 def build_torch_pipeline(components: SDXLComponents, numerics: TorchNumerics) -> SDXLTurboPipeline:
     """Move components to their device and dtype and wrap them as the loop's runners."""
     device = numerics.device
+    split_batch = device.type == "cpu"
     text_encoders = TorchTextEncoders(
         components.tokenizer,
         components.tokenizer_2,
         _place(components.text_encoder, device, numerics.dtype),
         _place(components.text_encoder_2, device, numerics.dtype),
         device,
+        split_batch=split_batch,
     )
     config = PipelineConfig(
         scheduler_config=components.scheduler_config,
@@ -101,8 +120,8 @@ def build_torch_pipeline(components: SDXLComponents, numerics: TorchNumerics) ->
     )
     return SDXLTurboPipeline(
         text_encoders,
-        TorchUNet(_place(components.unet, device, numerics.dtype), numerics.dtype),
-        TorchVAEDecoder(_place(components.vae, device, numerics.vae_dtype), numerics.vae_dtype),
+        TorchUNet(_place(components.unet, device, numerics.dtype), numerics.dtype, split_batch),
+        TorchVAEDecoder(_place(components.vae, device, numerics.vae_dtype), numerics.vae_dtype, split_batch),
         config,
         device,
     )

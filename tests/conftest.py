@@ -36,3 +36,24 @@ def tiny_service(tmp_path_factory: pytest.TempPathFactory, presets_dir: Path) ->
     finally:
         code = service.stop()
         assert code == 0, f"the service did not exit cleanly ({code}):\n{service.log()}"
+
+
+@pytest.fixture
+def make_client(aiohttp_client, tmp_path: Path):
+    """An in-process app over a given engine (see tests/engines.py), ready to serve."""
+    import asyncio
+
+    from service.app import create_app
+    from service.cache import ImageCache
+    from service.settings import Settings
+
+    async def make(engine, **settings_overrides):
+        settings = Settings(model="test", cache_dir=tmp_path / "cache", **settings_overrides)
+        client = await aiohttp_client(create_app(settings, engine, ImageCache(settings.cache_dir, settings.cache_size)))
+        for _ in range(200):
+            if (await client.get("/readyz")).status == 200:
+                return client
+            await asyncio.sleep(0.02)
+        raise TimeoutError("the in-process app never became ready")
+
+    return make

@@ -1,0 +1,66 @@
+"""Settings: flags over environment variables over defaults; a bad value stops start-up clearly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.settings import Settings, SettingsError, load_settings, parse_size
+from tests.helpers import REPO, free_port
+
+
+def test_defaults_match_the_original_service_address():
+    settings = load_settings([], environ={})
+    assert (settings.host, settings.port, settings.model) == ("127.0.0.1", 5000, "stabilityai/sdxl-turbo")
+    assert settings == Settings()
+
+
+def test_flag_beats_environment_beats_default():
+    env = {"SDXL_PORT": "6000", "SDXL_MODEL": "tiny", "SDXL_CACHE_SIZE": "500MB"}
+    settings = load_settings(["--port", "7000"], environ=env)
+    assert settings.port == 7000 and settings.model == "tiny" and settings.cache_size == 500 * 1024**2
+    assert isinstance(settings.cache_dir, Path)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "words"),
+    [
+        (["--port", "abc"], {}, "--port='abc': must be an integer from 1 to 65535"),
+        ([], {"SDXL_PORT": "70000"}, "SDXL_PORT='70000': must be from 1 to 65535"),
+        (["--engine", "magic"], {}, "--engine='magic': must be one of auto, torch"),
+        ([], {"SDXL_CACHE_SIZE": "lots"}, "SDXL_CACHE_SIZE='lots': must be a size"),
+        ([], {"SDXL_CACHE_SIZE": "0"}, "must be larger than 0"),
+        (["--max-queue", "0"], {}, "--max-queue='0': must be from 1"),
+        (["--request-timeout", "nan"], {}, "--request-timeout='nan'"),
+        (["--model", " "], {}, "--model=' ': must not be empty"),
+    ],
+)
+def test_bad_values_name_their_source_and_rule(argv, env, words):
+    with pytest.raises(SettingsError) as caught:
+        load_settings(argv, environ=env)
+    assert words in str(caught.value)
+
+
+def test_sizes():
+    assert parse_size("2GB") == 2 * 1024**3 and parse_size("1048576") == 1048576 and parse_size("1.5k") == 1536
+
+
+def test_bad_setting_exits_2_with_one_line_and_no_traceback():
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "--port", "abc"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: --port='abc': must be an integer from 1 to 65535"
+
+
+def test_a_model_path_that_is_not_a_pipeline_stops_start_up(tmp_path):
+    """The engine fails to load: the service logs why and exits 1 instead of serving 503s forever."""
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "--model", str(tmp_path), "--port", str(free_port()), "--cache-dir", str(tmp_path / "c")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1
+    assert "not an SDXL pipeline directory" in result.stderr
