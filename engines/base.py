@@ -106,6 +106,10 @@ class ImageEngine(abc.ABC):
         Each image equals what the request would get alone: every item keeps its own seed.
         """
 
+    def last_stage_seconds(self) -> dict[str, float]:
+        """Seconds per stage (text_encoders, unet, vae) of the last `generate` call, for metrics."""
+        return {}
+
     def truncated_fields(self, request: GenerationRequest) -> list[str]:
         """Names of the prompt fields longer than the text encoders read (they are cut)."""
         return []

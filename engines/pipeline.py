@@ -9,8 +9,10 @@ numerics inside.
 from __future__ import annotations
 
 import logging
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -82,6 +84,15 @@ class SDXLTurboPipeline:
         self.vae_decoder = vae_decoder
         self.config = config
         self.device = torch.device(device)
+        self.stage_seconds: dict[str, float] = {}  # of the last call, for metrics
+
+    @contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # kernels run asynchronously: wait before reading the clock
+        self.stage_seconds[name] = time.perf_counter() - started
 
     def __call__(self, requests: Sequence[GenerationRequest]) -> np.ndarray:
         """Run one batch of requests that share a batch signature; returns [B,H,W,3] uint8."""
@@ -100,9 +111,11 @@ class SDXLTurboPipeline:
         batch = len(requests)
 
         # 2. Encode the prompts with both text encoders (and the negative prompts under guidance).
-        prompt_embeds, pooled_embeds = self.text_encoder.encode([r.prompt for r in requests])
-        if do_guidance:
-            negative_embeds, negative_pooled = self._encode_negative(requests, prompt_embeds, pooled_embeds)
+        self.stage_seconds = {}
+        with self._stage("text_encoders"):
+            prompt_embeds, pooled_embeds = self.text_encoder.encode([r.prompt for r in requests])
+            if do_guidance:
+                negative_embeds, negative_pooled = self._encode_negative(requests, prompt_embeds, pooled_embeds)
 
         # 3. Timesteps: a fresh scheduler, trailing spacing.
         scheduler = make_scheduler(self.config.scheduler_config)
@@ -129,18 +142,20 @@ class SDXLTurboPipeline:
             guidance = guidance.view(batch, 1, 1, 1)
 
         # 6. Denoising loop: classifier-free guidance doubles the UNet batch.
-        for t in scheduler.timesteps:
-            model_input = torch.cat([latents, latents]) if do_guidance else latents
-            model_input = scheduler.scale_model_input(model_input, t)
-            timestep = t.to(torch.float32).expand(model_input.shape[0])
-            noise_pred = self.unet(model_input, timestep, encoder_hidden_states, text_embeds, time_ids)
-            if do_guidance:
-                noise_uncond, noise_text = noise_pred.chunk(2)
-                noise_pred = noise_uncond + guidance * (noise_text - noise_uncond)
-            latents = scheduler.step(noise_pred, t, latents, generator=generators, return_dict=False)[0]
+        with self._stage("unet"):
+            for t in scheduler.timesteps:
+                model_input = torch.cat([latents, latents]) if do_guidance else latents
+                model_input = scheduler.scale_model_input(model_input, t)
+                timestep = t.to(torch.float32).expand(model_input.shape[0])
+                noise_pred = self.unet(model_input, timestep, encoder_hidden_states, text_embeds, time_ids)
+                if do_guidance:
+                    noise_uncond, noise_text = noise_pred.chunk(2)
+                    noise_pred = noise_uncond + guidance * (noise_text - noise_uncond)
+                latents = scheduler.step(noise_pred, t, latents, generator=generators, return_dict=False)[0]
 
         # 7. Decode with the VAE, undoing its scaling factor.
-        image = self.vae_decoder(latents / self.config.vae_scaling_factor)
+        with self._stage("vae"):
+            image = self.vae_decoder(latents / self.config.vae_scaling_factor)
 
         # 8. From [-1, 1] to [0, 1].
         return (image / 2 + 0.5).clamp(0, 1)

@@ -164,6 +164,9 @@ class TorchEngine(ImageEngine):
         with torch.inference_mode():
             return list(self.pipeline(requests))
 
+    def last_stage_seconds(self) -> dict[str, float]:
+        return dict(self.pipeline.stage_seconds)
+
     def truncated_fields(self, request: GenerationRequest) -> list[str]:
         encoders = self.pipeline.text_encoder
         return [name for name in ("prompt", "negative_prompt") if encoders.is_truncated(getattr(request, name))]

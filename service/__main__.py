@@ -14,6 +14,7 @@ from engines.base import EngineUnavailable
 from engines.select import EngineRequest, select_engine
 from service.app import READINESS, create_app, drain
 from service.cache import ImageCache
+from service.logs import AccessLogger, configure_logging
 from service.settings import Settings, SettingsError, load_settings
 
 logger = logging.getLogger("service")
@@ -23,7 +24,7 @@ async def serve(app: web.Application, settings: Settings) -> int:
     """Run the app until a signal or a failed engine start; 0 after a clean drain, 1 otherwise."""
     readiness = app[READINESS]
     # Cancel a handler whose client went away: its queued request frees its place.
-    runner = web.AppRunner(app, handler_cancellation=True)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log_class=AccessLogger)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port)
@@ -52,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     try:
         engine = select_engine(
             EngineRequest(

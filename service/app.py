@@ -20,6 +20,8 @@ from engines.base import ImageEngine
 from service.cache import ImageCache
 from service.errors import REQUEST_ID_HEADER, REQUEST_ID_KEY, error_middleware
 from service.generation import ImageGenerator, run_blocking
+from service.logs import current_request_id
+from service.metrics import ServiceMetrics, metrics_middleware
 from service.scheduler import InferenceScheduler
 from service.schema import RequestLimits
 from service.settings import Settings
@@ -48,6 +50,7 @@ SCHEDULER = web.AppKey("scheduler", InferenceScheduler)
 GENERATOR = web.AppKey("generator", ImageGenerator)
 READINESS = web.AppKey("readiness", Readiness)
 LIMITS = web.AppKey("limits", RequestLimits)
+METRICS = web.AppKey("metrics", ServiceMetrics)
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -59,6 +62,7 @@ async def request_id_middleware(
     """Every request gets an id (the client's, if it sent a sane one), echoed in a header and in logs."""
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
     request[REQUEST_ID_KEY] = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+    current_request_id.set(request[REQUEST_ID_KEY])
     response = await handler(request)
     response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID_KEY]
     return response
@@ -106,10 +110,13 @@ async def drain(app: web.Application) -> bool:
 def create_app(settings: Settings, engine: ImageEngine, cache: ImageCache) -> web.Application:
     from service.routes import add_routes  # routes read the keys above
 
+    metrics = ServiceMetrics()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[request_id_middleware, error_middleware(settings.max_body_bytes)],
+        # Outermost first: the metrics see the status the error middleware settled on.
+        middlewares=[request_id_middleware, metrics_middleware(metrics), error_middleware(settings.max_body_bytes)],
     )
+    app[METRICS] = metrics
     app[SETTINGS] = settings
     app[ENGINE] = engine
     app[CACHE] = cache
@@ -122,8 +129,9 @@ def create_app(settings: Settings, engine: ImageEngine, cache: ImageCache) -> we
         max_queue=settings.max_queue,
         max_batch=settings.max_batch,
         batch_window_s=settings.batch_window_ms / 1000,
+        observer=metrics,
     )
-    app[GENERATOR] = ImageGenerator(engine, cache, app[SCHEDULER])
+    app[GENERATOR] = ImageGenerator(engine, cache, app[SCHEDULER], metrics)
     # Cleanup runs in reverse: the engine stops before the cache closes.
     app.cleanup_ctx.append(_cache_context)
     app.cleanup_ctx.append(_engine_context)

@@ -7,12 +7,14 @@ call `ImageGenerator.get`; everything blocking runs off the event loop.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 from engines.base import ImageEngine
 from service.cache import ImageCache, content_key
 from service.imaging import encode_image
+from service.metrics import ServiceMetrics
 from service.scheduler import InferenceScheduler, InFlight
 from service.schema import ImageJob
 
@@ -31,8 +33,11 @@ class ImageResult:
 
 
 class ImageGenerator:
-    def __init__(self, engine: ImageEngine, cache: ImageCache, scheduler: InferenceScheduler) -> None:
+    def __init__(
+        self, engine: ImageEngine, cache: ImageCache, scheduler: InferenceScheduler, metrics: ServiceMetrics
+    ) -> None:
         self.engine = engine
+        self.metrics = metrics
         self.cache = cache
         self.scheduler = scheduler
         self._in_flight: InFlight[bytes] = InFlight()
@@ -47,12 +52,17 @@ class ImageGenerator:
     async def get(self, job: ImageJob, key: str, deadline: float) -> ImageResult:
         cached = await run_blocking(self.cache.get, key, job.output_format)
         if cached is not None:
+            self.metrics.cache_result("HIT")
             return ImageResult(cached, "HIT")
         data, shared = await self._in_flight.run(key, lambda: self._make(job, key, deadline))
-        return ImageResult(data, "SHARED" if shared else "MISS")
+        result = ImageResult(data, "SHARED" if shared else "MISS")
+        self.metrics.cache_result(result.cache_status)
+        return result
 
     async def _make(self, job: ImageJob, key: str, deadline: float) -> bytes:
         pixels = await self.scheduler.submit(job.generation, deadline)
+        started = time.perf_counter()
         data = await run_blocking(encode_image, pixels, job.output_format)
+        self.metrics.stage("image_encoding", time.perf_counter() - started)
         await run_blocking(self.cache.set, key, data)  # only a finished image is ever stored
         return data

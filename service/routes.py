@@ -8,7 +8,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from service.app import ENGINE, GENERATOR, LIMITS, READINESS, SCHEDULER, SETTINGS
+from service.app import ENGINE, GENERATOR, LIMITS, METRICS, READINESS, SCHEDULER, SETTINGS
 from service.errors import DeadlineExceeded, InvalidField, NotReady, UnsupportedMediaType
 from service.schema import ImageJob, decode_json_body, parse_generation_request
 
@@ -20,6 +20,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/generate-image", generate_image)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/", index)
 
 
@@ -100,6 +101,13 @@ async def readyz(request: web.Request) -> web.Response:
         "queue_depth": request.app[SCHEDULER].depth,
     }
     return web.json_response(body, status=200 if readiness.ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    registry = request.app[METRICS]
+    response = web.Response(body=registry.render())
+    response.headers["Content-Type"] = registry.content_type
+    return response
 
 
 async def index(request: web.Request) -> web.Response:

@@ -37,7 +37,7 @@ class SchedulerObserver:
 
     def queued(self, depth: int) -> None: ...
     def refused(self, reason: str) -> None: ...
-    def batch_done(self, size: int, queue_waits: list[float], seconds: float) -> None: ...
+    def batch_done(self, size: int, queue_waits: list[float], stage_seconds: dict[str, float]) -> None: ...
 
 
 class InferenceScheduler:
@@ -157,7 +157,7 @@ class InferenceScheduler:
         self._running = batch
         started = time.monotonic()
         try:
-            images = await self.call_engine(self.engine.generate, [job.request for job in batch])
+            images, stages = await self.call_engine(self._generate, [job.request for job in batch])
         except Exception as exc:
             logger.exception("the engine failed on a batch of %d", len(batch))
             for job in batch:
@@ -169,10 +169,14 @@ class InferenceScheduler:
         seconds = time.monotonic() - started
         per_image = seconds / len(batch)
         self._seconds_per_image = per_image if self._seconds_per_image is None else 0.8 * self._seconds_per_image + 0.2 * per_image
-        self.observer.batch_done(len(batch), [started - job.enqueued for job in batch], seconds)
+        self.observer.batch_done(len(batch), [started - job.enqueued for job in batch], stages)
         for job, image in zip(batch, images):
             if not job.future.done():
                 job.future.set_result(image)
+
+    def _generate(self, requests: list[GenerationRequest]) -> tuple[list[np.ndarray], dict[str, float]]:
+        """On the engine's thread: the images and the stage timings of this very call."""
+        return self.engine.generate(requests), self.engine.last_stage_seconds()
 
     # --- shutdown -------------------------------------------------------------------------------------
 

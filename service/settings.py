@@ -52,6 +52,7 @@ class Settings:
     request_timeout: float = 120.0
     shutdown_timeout: float = 30.0
     log_level: str = "INFO"
+    log_format: str = "json"
 
 
 def parse_size(text: str) -> int:
@@ -111,6 +112,7 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "request_timeout": (_bounded(float, 0.1, 86_400), "seconds a request may take before 504"),
     "shutdown_timeout": (_bounded(float, 0, 3_600), "seconds in-flight requests get to finish on SIGTERM"),
     "log_level": (_choice(("DEBUG", "INFO", "WARNING", "ERROR")), "logging level"),
+    "log_format": (_choice(("json", "text")), "json: one object a line with the request id; text: for people"),
 }
 
 

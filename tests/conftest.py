@@ -47,8 +47,13 @@ def make_client(aiohttp_client, tmp_path: Path):
     from service.cache import ImageCache
     from service.settings import Settings
 
+    made = []
+
     async def make(engine, **settings_overrides):
-        settings = Settings(model="test", cache_dir=tmp_path / "cache", **settings_overrides)
+        # The first app's cache is tmp_path/"cache"; later ones in the same test get their own.
+        cache_dir = tmp_path / ("cache" if not made else f"cache-{len(made)}")
+        made.append(engine)
+        settings = Settings(**{"model": "test", "cache_dir": cache_dir, **settings_overrides})
         client = await aiohttp_client(create_app(settings, engine, ImageCache(settings.cache_dir, settings.cache_size)))
         for _ in range(200):
             if (await client.get("/readyz")).status == 200:

@@ -1,0 +1,85 @@
+"""Prometheus metrics: one registry per app (no module-level state), fed by a middleware,
+the scheduler and the image generator."""
+
+from __future__ import annotations
+
+import time
+from typing import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from service.scheduler import SchedulerObserver
+
+# Seconds: from a cache hit (sub-millisecond) to a full-size image on a CPU (tens of seconds).
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120)
+
+
+class ServiceMetrics(SchedulerObserver):
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("sdxl_http_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
+        self.cache = Counter("sdxl_cache_lookups", "Image cache lookups by result", ["result"], registry=r)
+        self.queue_depth = Gauge("sdxl_queue_depth", "Requests waiting for the model", registry=r)
+        self.refusals = Counter("sdxl_refused_requests", "Requests refused or dropped by the scheduler", ["reason"], registry=r)
+        self.batch_size = Histogram("sdxl_batch_size", "Requests per engine call", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
+        self.stage_seconds = Histogram(
+            "sdxl_stage_seconds",
+            "Latency per stage: queue_wait, text_encoders, unet, vae, image_encoding, request",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    # --- SchedulerObserver --------------------------------------------------------------------------
+
+    def queued(self, depth: int) -> None:
+        self.queue_depth.set(depth)
+
+    def refused(self, reason: str) -> None:
+        self.refusals.labels(reason).inc()
+
+    def batch_done(self, size: int, queue_waits: list[float], stage_seconds: dict[str, float]) -> None:
+        self.batch_size.observe(size)
+        for wait in queue_waits:
+            self.stage_seconds.labels("queue_wait").observe(wait)
+        for stage, seconds in stage_seconds.items():
+            self.stage_seconds.labels(stage).observe(seconds)
+
+    # --- the rest ------------------------------------------------------------------------------------
+
+    def cache_result(self, result: str) -> None:
+        self.cache.labels(result.lower()).inc()
+
+    def stage(self, name: str, seconds: float) -> None:
+        self.stage_seconds.labels(name).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    content_type = CONTENT_TYPE_LATEST
+
+
+def metrics_middleware(metrics: ServiceMetrics) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Count every request by route (the route's pattern, not the raw path) and final status."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else "unmatched"
+            metrics.requests.labels(route, str(status)).inc()
+            if route == "/generate-image":
+                metrics.stage("request", time.perf_counter() - started)
+
+    return middleware

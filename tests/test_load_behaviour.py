@@ -1,0 +1,219 @@
+"""Serving under load: bounded queue, deadlines, disconnects, micro-batching, metrics, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import re
+import signal
+import threading
+import time
+
+import pytest
+
+from service.app import SCHEDULER, drain
+from tests.engines import ControlledEngine
+from tests.helpers import ServiceProcess, generate, request
+
+
+def job(i: int, **extra) -> dict:
+    return {"prompt": f"request {i}", "seed": i, **extra}
+
+
+async def hold_engine_busy(client, engine: ControlledEngine) -> asyncio.Task:
+    """Start one request and keep the engine inside generate() until engine.release.set()."""
+    engine.release.clear()
+    engine.started.clear()
+    task = asyncio.create_task(client.post("/generate-image", json=job(-100 % 1000)))
+    await asyncio.get_running_loop().run_in_executor(None, engine.started.wait, 10)
+    return task
+
+
+async def wait_for_depth(client, depth: int) -> None:
+    for _ in range(200):
+        if client.app[SCHEDULER].depth == depth:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"queue depth {client.app[SCHEDULER].depth}, expected {depth}")
+
+
+async def test_full_queue_refuses_at_once_with_retry_after(make_client):
+    engine = ControlledEngine()
+    client = await make_client(engine, max_queue=2)
+    running = await hold_engine_busy(client, engine)
+    queued = [asyncio.create_task(client.post("/generate-image", json=job(i))) for i in range(2)]
+    await wait_for_depth(client, 2)
+    refused = [await client.post("/generate-image", json=job(i)) for i in range(10, 13)]
+    assert [r.status for r in refused] == [429, 429, 429]
+    assert int(refused[0].headers["Retry-After"]) >= 1
+    assert (await refused[0].json())["error"]["code"] == "queue_full"
+    assert client.app[SCHEDULER].depth == 2, "the queue never grows past its bound"
+    engine.release.set()
+    assert [r.status for r in await asyncio.gather(running, *queued)] == [200, 200, 200]
+    assert engine.requests_seen == 3
+
+
+async def test_a_request_past_its_deadline_is_answered_504_and_never_reaches_the_model(make_client):
+    engine = ControlledEngine()
+    client = await make_client(engine)
+    running = await hold_engine_busy(client, engine)
+    late = await client.post("/generate-image", json=job(1), headers={"X-Request-Timeout": "0.3"})
+    assert late.status == 504 and (await late.json())["error"]["code"] == "deadline_exceeded"
+    await wait_for_depth(client, 0)
+    engine.release.set()
+    assert (await running).status == 200
+    await asyncio.sleep(0.1)
+    assert [r.prompt for batch in engine.calls for r in batch] == ["request 900"]
+
+
+async def test_a_client_that_disconnects_frees_its_place(make_client):
+    engine = ControlledEngine()
+    client = await make_client(engine, max_queue=1)
+    running = await hold_engine_busy(client, engine)
+    gone = asyncio.create_task(client.post("/generate-image", json=job(1)))
+    await wait_for_depth(client, 1)
+    gone.cancel()  # the client closes its connection
+    await wait_for_depth(client, 0)
+    kept = asyncio.create_task(client.post("/generate-image", json=job(2)))
+    await wait_for_depth(client, 1)
+    engine.release.set()
+    assert (await running).status == 200 and (await kept).status == 200
+    assert [r.prompt for batch in engine.calls for r in batch] == ["request 900", "request 2"]
+
+
+async def test_batched_requests_get_exactly_their_own_images(make_client, presets_dir):
+    """Four requests in one UNet batch give byte for byte what each gets alone (each keeps its seed)."""
+    from engines.torch_backend import TorchEngine
+
+    batched_engine = TorchEngine("tiny", "cpu", presets_dir=presets_dir)
+    sizes: list[int] = []
+    generate_batch = batched_engine.generate
+    batched_engine.generate = lambda requests: sizes.append(len(requests)) or generate_batch(requests)
+    batching = await make_client(batched_engine, max_batch=4, batch_window_ms=2000)
+    payloads = [job(i, num_inference_steps=2) for i in range(4)]
+    replies = await asyncio.gather(*(batching.post("/generate-image", json=p) for p in payloads))
+    assert 4 in sizes, f"expected one batch of 4, got batches of {sizes}"
+    single = await make_client(TorchEngine("tiny", "cpu", presets_dir=presets_dir), max_batch=1)
+    for payload, reply in zip(payloads, replies):
+        alone = await single.post("/generate-image", json=payload)
+        assert reply.status == alone.status == 200
+        assert reply.headers["X-Seed"] == alone.headers["X-Seed"] == str(payload["seed"])
+        assert await reply.read() == await alone.read()
+    assert len({await r.read() for r in replies}) == 4
+
+
+async def test_batches_only_group_requests_that_can_share_a_unet_call(make_client):
+    engine = ControlledEngine()
+    client = await make_client(engine, max_batch=4, batch_window_ms=300)
+    payloads = [job(1), job(2, width=256), job(3), job(4, num_inference_steps=2)]
+    replies = await asyncio.gather(*(client.post("/generate-image", json=p) for p in payloads))
+    assert all(r.status == 200 for r in replies)
+    grouped = sorted(sorted(r.prompt for r in batch) for batch in engine.calls)
+    assert grouped == [["request 1", "request 3"], ["request 2"], ["request 4"]]
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    label_text = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = re.escape(name) + (r"\{" + re.escape(label_text) + r"\}" if labels else "") + r" ([0-9.e+-]+)"
+    match = re.search(pattern, text)
+    return float(match.group(1)) if match else 0.0
+
+
+async def test_metrics_move_as_the_requests_say(make_client):
+    engine = ControlledEngine()
+    client = await make_client(engine)
+    await client.post("/generate-image", json=job(1))
+    await client.post("/generate-image", json=job(1))
+    await client.post("/generate-image", json={"prompt": ""})
+    text = await (await client.get("/metrics")).text()
+    assert metric(text, "sdxl_http_requests_total", route="/generate-image", status="200") == 2
+    assert metric(text, "sdxl_http_requests_total", route="/generate-image", status="422") == 1
+    assert metric(text, "sdxl_cache_lookups_total", result="miss") == 1
+    assert metric(text, "sdxl_cache_lookups_total", result="hit") == 1
+    assert metric(text, "sdxl_batch_size_count") == 1
+    assert metric(text, "sdxl_stage_seconds_count", stage="queue_wait") == 1
+    assert metric(text, "sdxl_stage_seconds_count", stage="image_encoding") == 1
+    assert metric(text, "sdxl_stage_seconds_count", stage="request") == 3
+    assert metric(text, "sdxl_queue_depth") == 0
+
+
+async def test_drain_refuses_new_work_and_finishes_what_is_in_flight(make_client):
+    engine = ControlledEngine()
+    client = await make_client(engine, shutdown_timeout=10)
+    running = await hold_engine_busy(client, engine)
+    draining = asyncio.create_task(drain(client.app))
+    await asyncio.sleep(0.05)
+    assert (await client.get("/readyz")).status == 503
+    refused = await client.post("/generate-image", json=job(5))
+    assert refused.status == 503 and (await refused.json())["error"]["code"] == "not_ready"
+    engine.release.set()
+    assert (await running).status == 200
+    assert await draining is True
+
+
+def test_sigterm_with_requests_in_flight_drains_and_exits_0(presets_dir, tmp_path):
+    service = ServiceProcess(
+        ["--model", "tiny", "--presets-dir", str(presets_dir), "--cache-dir", str(tmp_path / "c"), "--max-steps", "4"]
+    )
+    try:
+        service.wait_ready()
+        slow = {"width": 1024, "height": 1024, "num_inference_steps": 4, "guidance_scale": 5.0}
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(generate, service.base_url, job(i, **slow)) for i in range(3)]
+            time.sleep(0.5)  # all three are in the service now
+            service.process.send_signal(signal.SIGTERM)
+            replies = [f.result(timeout=120) for f in futures]
+        assert [r.status for r in replies] == [200, 200, 200]
+        assert service.process.wait(timeout=60) == 0
+    finally:
+        service.stop()
+    assert '"message": "stopping (signal); draining in-flight requests"' in service.log()
+
+
+def test_a_flood_gets_only_200s_and_clean_429s_while_health_answers(tiny_service):
+    url = tiny_service.base_url
+    health_codes: list[int] = []
+    done = threading.Event()
+
+    def watch_health() -> None:
+        while not done.is_set():
+            health_codes.append(request(url, "GET", "/healthz", timeout=5).status)
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch_health)
+    watcher.start()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(64) as pool:
+            replies = list(pool.map(lambda i: generate(url, job(5000 + i)), range(64)))
+    finally:
+        done.set()
+        watcher.join()
+    statuses = [r.status for r in replies]
+    assert set(statuses) <= {200, 429}, statuses
+    assert statuses.count(200) >= 32  # at least a full queue's worth got through
+    for reply in replies:
+        if reply.status == 429:
+            assert reply.json()["error"]["code"] == "queue_full" and int(reply.headers["retry-after"]) >= 1
+        else:
+            assert reply.image().size == (512, 512)
+    assert health_codes and set(health_codes) == {200}
+    log_line = next(line for line in tiny_service.log().splitlines() if '"path": "/healthz"' in line)
+    assert '"request_id": ' in log_line
+
+
+async def test_a_shared_computation_lives_while_any_of_its_waiters_does(make_client):
+    engine = ControlledEngine()
+    client = await make_client(engine)
+    running = await hold_engine_busy(client, engine)
+    first = asyncio.create_task(client.post("/generate-image", json=job(7)))
+    await wait_for_depth(client, 1)
+    second = asyncio.create_task(client.post("/generate-image", json=job(7)))
+    await asyncio.sleep(0.1)
+    first.cancel()  # one of the two identical requests leaves
+    await asyncio.sleep(0.1)
+    assert client.app[SCHEDULER].depth == 1, "the other waiter keeps the queued work"
+    engine.release.set()
+    reply = await second
+    assert reply.status == 200 and reply.headers["X-Cache"] == "SHARED"
+    assert (await running).status == 200
+    assert [r.prompt for batch in engine.calls for r in batch] == ["request 900", "request 7"]
