@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import math
+import time
 from pathlib import Path
 
 from aiohttp import web
 
 from service.app import ENGINE, GENERATOR, LIMITS, METRICS, READINESS, SCHEDULER, SETTINGS
+from service.generation import run_blocking
 from service.errors import DeadlineExceeded, InvalidField, NotReady, UnsupportedMediaType
-from service.schema import ImageJob, decode_json_body, parse_generation_request
+from service.openapi import openapi_spec
+from service.schema import ImageJob, decode_json_body, parse_generation_request, parse_openai_request
 
 INDEX_PAGE = (Path(__file__).with_name("static") / "index.html").read_text()
 TIMEOUT_HEADER = "X-Request-Timeout"
@@ -18,6 +22,8 @@ TIMEOUT_HEADER = "X-Request-Timeout"
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/generate-image", generate_image)
+    app.router.add_post("/v1/images/generations", openai_generations)
+    app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -65,10 +71,22 @@ def image_headers(request: web.Request, job: ImageJob, key: str, truncated: list
     return headers
 
 
-async def generate_image(request: web.Request) -> web.Response:
+def require_ready(request: web.Request) -> None:
     readiness = request.app[READINESS]
     if not readiness.ready:
         raise NotReady(f"the model is not ready ({readiness.state})")
+
+
+async def within_deadline(awaitable, deadline: float):
+    """Await until the request's deadline; past it, 504 (the work itself may still fill the cache)."""
+    try:
+        return await asyncio.wait_for(awaitable, deadline - asyncio.get_running_loop().time())
+    except asyncio.TimeoutError:
+        raise DeadlineExceeded("the image was not ready before the request's deadline") from None
+
+
+async def generate_image(request: web.Request) -> web.Response:
+    require_ready(request)
     deadline = request_deadline(request)
     job = parse_generation_request(await read_json(request), request.app[LIMITS], request.headers.get("Accept"))
     generator = request.app[GENERATOR]
@@ -76,13 +94,29 @@ async def generate_image(request: web.Request) -> web.Response:
     headers = image_headers(request, job, key, await generator.truncated_fields(job))
     if etag_matches(request.headers.get("If-None-Match"), headers["ETag"]):
         return web.Response(status=304, headers=headers)
-    try:
-        remaining = deadline - asyncio.get_running_loop().time()
-        result = await asyncio.wait_for(generator.get(job, key, deadline), remaining)
-    except asyncio.TimeoutError:
-        raise DeadlineExceeded("the image was not ready before the request's deadline") from None
+    result = await within_deadline(generator.get(job, key, deadline), deadline)
     headers["X-Cache"] = result.cache_status
     return web.Response(body=result.data, content_type=job.media_type, headers=headers)
+
+
+async def openai_generations(request: web.Request) -> web.Response:
+    """The OpenAI Images API shape: n PNGs as base64 in one JSON answer."""
+    require_ready(request)
+    deadline = request_deadline(request)
+    jobs = parse_openai_request(await read_json(request), request.app[LIMITS])
+    generator = request.app[GENERATOR]
+    results = await within_deadline(
+        asyncio.gather(*(generator.get(job, generator.key(job), deadline) for job in jobs)), deadline
+    )
+    encoded = await run_blocking(lambda: [base64.b64encode(r.data).decode("ascii") for r in results])
+    data = [{"b64_json": b64, "seed": job.generation.seed} for job, b64 in zip(jobs, encoded)]
+    return web.json_response(
+        {"created": int(time.time()), "data": data}, headers={"X-Engine": request.app[ENGINE].info.name}
+    )
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_spec(request.app[LIMITS]))
 
 
 async def healthz(request: web.Request) -> web.Response:

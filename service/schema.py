@@ -6,6 +6,7 @@ so a bad request never reaches the model.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -188,3 +189,38 @@ def parse_generation_request(body: Any, limits: RequestLimits, accept: str | Non
     elif seed == RANDOM_SEED:
         seed = secrets.randbelow(SEED_MAX + 1)
     return ImageJob(GenerationRequest(seed=seed, **fields), output_format)
+
+
+# --- POST /v1/images/generations: the OpenAI Images API shape over the same rules -----------------
+
+OPENAI_FIELDS = ("prompt", "n", "size", "response_format", "model", "user", "negative_prompt",
+                 "num_inference_steps", "guidance_scale", "seed")
+MAX_IMAGES_PER_REQUEST = 4
+
+
+def parse_openai_request(body: Any, limits: RequestLimits) -> list[ImageJob]:
+    """OpenAI's `prompt`, `n`, `size`, `response_format` (b64_json only), plus our own fields.
+
+    Each of the n images is an ordinary job: image i uses seed + i, so every one is cacheable.
+    """
+    if not isinstance(body, dict):
+        raise MalformedBody(f"the body must be a JSON object, got {_json_type(body)}")
+    for name in body:
+        if name not in OPENAI_FIELDS:
+            raise InvalidField(f"unknown field {name!r}; the fields are: {', '.join(OPENAI_FIELDS)}", name)
+    count = _integer(body, "n", 1)
+    if not 1 <= count <= MAX_IMAGES_PER_REQUEST:
+        raise InvalidField(f"n must be from 1 to {MAX_IMAGES_PER_REQUEST}, got {count}", "n")
+    if body.get("response_format", "b64_json") != "b64_json":
+        raise InvalidField("response_format must be b64_json (this service stores no image URLs)", "response_format")
+    for name in ("model", "user"):
+        if name in body and not isinstance(body[name], str):
+            raise InvalidField(f"{name} must be a string, got {_json_type(body[name])}", name)
+    size = body.get("size", "512x512")
+    parts = size.split("x") if isinstance(size, str) else []
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise InvalidField(f"size must be WIDTHxHEIGHT such as 512x512, got {size!r}", "size")
+    fields = {k: body[k] for k in ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "seed") if k in body}
+    first = parse_generation_request({**fields, "width": int(parts[0]), "height": int(parts[1])}, limits)
+    seeds = [(first.generation.seed + i) % (SEED_MAX + 1) for i in range(count)]
+    return [ImageJob(dataclasses.replace(first.generation, seed=seed), "png") for seed in seeds]
