@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections import OrderedDict
 from typing import Any, Sequence
 
 import torch
 
 MAX_TOKENS = 77
+DEFAULT_PROMPT_CACHE_SIZE = 128  # entries of ~0.6 MB (77 x 2048 float32) each
 
 
 class TorchTextEncoders:
@@ -26,6 +28,7 @@ class TorchTextEncoders:
         text_encoder_2: torch.nn.Module,
         device: torch.device | str = "cpu",
         split_batch: bool = False,
+        cache_size: int = DEFAULT_PROMPT_CACHE_SIZE,
     ) -> None:
         self.tokenizers = (tokenizer, tokenizer_2)
         self.encoders = (text_encoder, text_encoder_2)
@@ -35,6 +38,9 @@ class TorchTextEncoders:
         # threads while `encode` runs on the engine's thread needs its own copy (and a lock).
         self._counting_tokenizer = copy.deepcopy(tokenizer)
         self._counting_lock = threading.Lock()
+        # Prompt -> (hidden states, pooled): the same prompt with a new seed skips both encoders.
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
     def is_truncated(self, prompt: str) -> bool:
         # Both tokenizers split text the same way; the first one's count decides.
@@ -43,10 +49,24 @@ class TorchTextEncoders:
 
     @torch.inference_mode()
     def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.split_batch and len(prompts) > 1:
-            parts = [self._encode([prompt]) for prompt in prompts]
-            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        return self._encode(prompts)
+        if not self.split_batch and not self.cache_size:
+            return self._encode(prompts)
+        # One prompt at a time: a cached embedding must equal a freshly computed one, bit for bit.
+        parts = [self._encode_one(prompt) for prompt in prompts]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def _encode_one(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Called on the engine's thread only: the LRU needs no lock."""
+        cached = self._cache.get(prompt)
+        if cached is not None:
+            self._cache.move_to_end(prompt)
+            return cached
+        encoded = self._encode([prompt])
+        if self.cache_size:
+            self._cache[prompt] = encoded
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return encoded
 
     def _encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         hidden_states = []

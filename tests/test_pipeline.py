@@ -98,3 +98,23 @@ def test_a_directory_that_is_not_a_pipeline_is_refused(tmp_path: Path):
 
     with pytest.raises(EngineUnavailable, match="missing unet"):
         load_components(str(tmp_path), torch.float32)
+
+
+def test_prompt_embedding_cache_skips_the_encoders_and_changes_nothing(tiny_fp32):
+    from engines.text_encoders import TorchTextEncoders
+
+    c = tiny_fp32
+    calls = []
+    encoder_2 = c.text_encoder_2
+    counting = lambda *args, **kwargs: calls.append(1) or encoder_2(*args, **kwargs)  # noqa: E731
+    cached = TorchTextEncoders(c.tokenizer, c.tokenizer_2, c.text_encoder, counting, cache_size=2)
+    uncached = TorchTextEncoders(c.tokenizer, c.tokenizer_2, c.text_encoder, encoder_2, split_batch=True, cache_size=0)
+    first = cached.encode(["a cat", "a dog"])
+    again = cached.encode(["a dog", "a cat"])
+    assert len(calls) == 2, "the second call is answered from the cache"
+    expected = uncached.encode(["a dog", "a cat"])
+    assert torch.equal(again[0], expected[0]) and torch.equal(again[1], expected[1])
+    assert torch.equal(first[0][0], again[0][1])
+    cached.encode(["a bird"])  # evicts the least recently used ("a dog")
+    cached.encode(["a dog"])
+    assert len(calls) == 4
