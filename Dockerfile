@@ -57,7 +57,8 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 FROM cpu-python AS cpu
 COPY --from=cpu-deps /opt/venv /opt/venv
 # Volume directories exist before VOLUME and belong to the service user, so new volumes do too.
-RUN useradd --uid 10001 --user-group --create-home --home-dir /home/sdxl --shell /usr/sbin/nologin sdxl \
+RUN groupadd --gid 10001 sdxl \
+    && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/sdxl --shell /usr/sbin/nologin sdxl \
     && mkdir -p /data/huggingface /data/engines /data/image-cache /data/presets \
     && chown -R 10001:10001 /data
 # The image cache is a subdirectory: the service makes it private (0700), which it can only do to
@@ -83,7 +84,8 @@ CMD ["serve"]
 FROM gpu-python AS gpu
 # From here on, the same as the cpu stage above.
 COPY --from=gpu-deps /opt/venv /opt/venv
-RUN useradd --uid 10001 --user-group --create-home --home-dir /home/sdxl --shell /usr/sbin/nologin sdxl \
+RUN groupadd --gid 10001 sdxl \
+    && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/sdxl --shell /usr/sbin/nologin sdxl \
     && mkdir -p /data/huggingface /data/engines /data/image-cache /data/presets \
     && chown -R 10001:10001 /data
 ENV SDXL_HOST=0.0.0.0 \

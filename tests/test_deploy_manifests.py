@@ -3,7 +3,6 @@ settings that the service and the image really have (routes from the app's own r
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
