@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	touch $@
 
 serve: install
-	MODEL=$(MODEL) ENGINE=$(ENGINE) HOST=$(HOST) PORT=$(PORT) $(PY) -m service
+	SDXL_MODEL=$(MODEL) SDXL_ENGINE=$(ENGINE) SDXL_HOST=$(HOST) SDXL_PORT=$(PORT) $(PY) -m service
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from PIL import Image
 
@@ -69,17 +69,26 @@ def generate(base_url: str, payload: dict[str, Any], headers: dict[str, str] | N
     return request(base_url, "POST", "/generate-image", json_body=payload, headers=headers)
 
 
-class ServiceProcess:
-    """`python -m service` on a free port, as a user would start it."""
+SERVICE_COMMAND = (sys.executable, "-m", "service")
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None, cwd: Path = REPO) -> None:
+
+class ServiceProcess:
+    """`python -m service` (or another `command` that runs it) on a free port, as a user would start it."""
+
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        cwd: Path = REPO,
+        command: Sequence[str] = SERVICE_COMMAND,
+    ) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.log_path = Path(full_env.get("TMPDIR", "/tmp")) / f"service-{self.port}.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(self.port), *args],
+            [*command, "--host", "127.0.0.1", "--port", str(self.port), *args],
             cwd=cwd,
             env=full_env,
             stdout=self._log,
