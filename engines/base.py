@@ -11,6 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
+DEFAULT_MODEL = "stabilityai/sdxl-turbo"
+
 
 @dataclass(frozen=True)
 class GenerationRequest:

@@ -21,11 +21,10 @@ from typing import Any, Iterator
 
 import torch
 
-from engines.base import EngineUnavailable
+from engines.base import DEFAULT_MODEL, EngineUnavailable  # noqa: F401  (DEFAULT_MODEL: re-exported)
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "stabilityai/sdxl-turbo"
 PRESETS = ("tiny", "sdxl-random")
 ARCHITECTURE_FILE = Path(__file__).with_name("configs") / "sdxl-turbo.json"
 # Bump when the tiny preset's construction changes, so stale saved copies are not reused.

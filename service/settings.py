@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from engines.presets import DEFAULT_MODEL
+from engines.base import DEFAULT_MODEL
 
 ENV_PREFIX = "SDXL_"
 ENGINES = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
