@@ -64,6 +64,8 @@ def _check_model_and_files(request: EngineRequest, manifest: Manifest, kind: Art
 
 
 def tensorrt_candidate(request: EngineRequest) -> Candidate:
+    if request.device == "cpu":
+        return "--device cpu asks for the CPU"
     gpu = probe_gpu()
     if gpu is None:
         return "no CUDA GPU is visible"

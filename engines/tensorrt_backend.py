@@ -14,7 +14,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -86,7 +86,7 @@ def build_plan(
     trt_logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(trt_logger)
     network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
-    parser = trt.OnnxParser(network, trt_logger)
+    parser = trt.OnnxParser(network, trt_logger)  # owns the weights: alive until the build returns
     if not parser.parse_from_file(str(onnx_path)):  # reads external data beside the file
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise PlanBuildError(f"TensorRT could not parse {onnx_path}: {errors}")
@@ -147,27 +147,36 @@ def _write_atomically(path: Path, data: memoryview) -> None:
 class TensorRTRunner:
     """One engine as a loop runner: float32 torch CUDA tensors in and out, cast to the engine's types inside."""
 
-    def __init__(self, engine: Any, context: Any, spec: ComponentSpec) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        context: Any,
+        spec: ComponentSpec,
+        device: torch.device | str = "cuda",
+        stream_handle: Callable[[], int] = lambda: torch.cuda.current_stream().cuda_stream,
+    ) -> None:
         self.engine, self.context, self.spec = engine, context, spec
+        self.device, self.stream_handle = torch.device(device), stream_handle
         self.dtypes = {name: TORCH_DTYPES[engine.get_tensor_dtype(name).name] for name in spec.input_names + spec.output_names}
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         if len(inputs) != len(self.spec.inputs):
             raise TypeError(f"{self.spec.name} takes {len(self.spec.inputs)} tensors, got {len(inputs)}")
-        stream = torch.cuda.current_stream()
-        bound = []  # kept alive until the engine has been queued on the stream that also frees them
+        # Torch's current stream: tensors freed after the call are reused only by work queued after it.
+        stream = self.stream_handle()
+        bound = []  # held until the engine is queued: a freed block would be reused by the next copy
         for name, tensor in zip(self.spec.input_names, inputs):
-            value = tensor.to("cuda", self.dtypes[name]).contiguous()
+            value = tensor.to(self.device, self.dtypes[name]).contiguous()
             if not self.context.set_input_shape(name, tuple(value.shape)):
                 raise EngineError(f"{self.spec.name}: {name} shaped {tuple(value.shape)} is outside the plan's profile")
             self.context.set_tensor_address(name, value.data_ptr())
             bound.append(value)
         outputs = []
         for name in self.spec.output_names:
-            output = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name], device="cuda")
+            output = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name], device=self.device)
             self.context.set_tensor_address(name, output.data_ptr())
             outputs.append(output)
-        if not self.context.execute_async_v3(stream.cuda_stream):
+        if not self.context.execute_async_v3(stream):
             raise EngineError(f"{self.spec.name}: TensorRT execution failed (its log says why)")
         return outputs[0].float()
 
