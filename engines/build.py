@@ -21,7 +21,7 @@ import torch
 from engines.base import EngineUnavailable
 from engines.components import COMPONENTS, UNET, BuildRange, ComponentSpec, ModelDims
 from engines.hardware import GpuInfo, cuda_gpu
-from engines.manifest import Artefact, ArtefactKind, ComponentEntry, Manifest, ManifestError, file_sha256, inputs_key
+from engines.manifest import MANIFEST_NAME, Artefact, ArtefactKind, ComponentEntry, Manifest, ManifestError, file_sha256, inputs_key
 from engines.onnx_export import EXPORT_FORMAT, OPSET, check_onnx, export_modules, export_onnx, files_with_hashes, model_dims
 from engines.presets import SDXLComponents, known_fingerprint, load_components
 from engines.tensorrt_backend import INSTALL_HINT, build_plan, tensorrt_version, vae_precision
@@ -190,7 +190,7 @@ def build(request: BuildRequest) -> BuildReport:
 
 
 def _previous_manifest(out: Path) -> Manifest | None:
-    if not (out / "manifest.json").exists():
+    if not (out / MANIFEST_NAME).exists():
         return None
     try:
         return Manifest.read(out)

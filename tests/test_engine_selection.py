@@ -35,8 +35,8 @@ def engine_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def choose(engine: str, engine_dir: Path, model: str = "tiny"):
-    return select_engine(EngineRequest(engine=engine, model=model, engine_dir=engine_dir))
+def choose(engine: str, engine_dir: Path, model: str = "tiny", device: str = "auto"):
+    return select_engine(EngineRequest(engine=engine, model=model, engine_dir=engine_dir, device=device))
 
 
 def test_auto_on_a_cpu_takes_pytorch_and_says_why(machine, engine_dir: Path) -> None:
@@ -103,6 +103,13 @@ def test_tensorrt_when_asked_on_a_machine_without_a_gpu_fails_clearly(machine, e
         choose("tensorrt", engine_dir)
 
 
+def test_device_cpu_keeps_auto_off_the_gpu(machine, engine_dir: Path) -> None:
+    machine(gpu=GpuInfo(*FAKE_GPU), tensorrt=FAKE_TENSORRT)
+    engine = choose("auto", engine_dir, device="cpu")
+    assert engine.info.name.startswith("torch-cpu-")
+    assert "not TensorRT (--device cpu asks for the CPU)" in engine.info.selection_reason
+
+
 def test_tensorrt_when_asked_with_a_changed_plan_fails_clearly(machine, engine_dir: Path) -> None:
     machine(gpu=GpuInfo(*FAKE_GPU), tensorrt=FAKE_TENSORRT)
     (engine_dir / "vae_decoder.plan").write_bytes(b"tampered")
@@ -111,7 +118,7 @@ def test_tensorrt_when_asked_with_a_changed_plan_fails_clearly(machine, engine_d
 
 
 def test_onnxruntime_from_a_real_build(machine, onnx_engines: Path) -> None:
-    engine = choose("onnxruntime", onnx_engines)
+    engine = choose("onnxruntime", onnx_engines, device="cpu")  # the same name with onnxruntime-gpu installed
     assert engine.info.name == "onnxruntime-cpu-fp32"
     assert engine.info.selection_reason == "asked for with --engine onnxruntime"
     assert engine.limits.size_multiple == 16 and engine.limits.sizes is None  # dynamic axes: a range

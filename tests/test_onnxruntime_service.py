@@ -20,6 +20,7 @@ def onnx_service(onnx_engines: Path, presets_dir: Path, tmp_path_factory: pytest
             "--model", "tiny",
             "--engine", "onnxruntime",
             "--engine-dir", str(onnx_engines),
+            "--device", "cpu",  # the CPU execution provider, also where onnxruntime-gpu is installed
             "--presets-dir", str(presets_dir),
             "--cache-dir", str(tmp_path_factory.mktemp("onnx-image-cache")),
         ]
