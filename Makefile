@@ -37,5 +37,24 @@ bench-quick: install
 engines: install
 	$(PY) build_engines.py --model $(MODEL) --out build/engines
 
+# On a GPU machine: a separate environment with the gpu extra (torch with CUDA, onnxruntime-gpu,
+# TensorRT from NVIDIA's index). Never the CPU venv: onnxruntime and onnxruntime-gpu ship the same
+# module and break each other. The gpu tests build TensorRT plans for the tiny model, compare them
+# with torch, start the service on them and make an image.
+VENV_GPU := .venv-gpu
+GPU_STAMP := $(VENV_GPU)/.installed-gpu
+NVIDIA_INDEX ?= https://pypi.nvidia.com
+
+$(GPU_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV_GPU)
+	$(VENV_GPU)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV_GPU)/bin/python -m pip install --quiet --extra-index-url $(NVIDIA_INDEX) -e '.[gpu,test]'
+	touch $@
+
+# The first line fails here, not in a row of skipped tests, when the machine cannot run TensorRT.
+gpu-check: $(GPU_STAMP)
+	$(VENV_GPU)/bin/python -c "import sys, torch, tensorrt; ok = torch.cuda.is_available(); print('torch', torch.__version__, 'TensorRT', tensorrt.__version__, 'GPU', torch.cuda.get_device_name(0) if ok else None); sys.exit(0 if ok else 'no CUDA GPU visible')"
+	$(VENV_GPU)/bin/python -m pytest -m gpu -v -s -p no:cacheprovider tests/test_tensorrt_gpu.py
+
 clean:
-	rm -rf $(VENV) build .pytest_cache
+	rm -rf $(VENV) $(VENV_GPU) build .pytest_cache

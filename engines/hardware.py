@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -36,3 +37,24 @@ def usable_cpu_count() -> int:
     except (OSError, ValueError):
         pass
     return max(1, count)
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """What a TensorRT plan is tied to: the GPU model and its compute capability."""
+
+    name: str
+    compute_capability: str  # "8.9"
+
+    def describe(self) -> str:
+        return f"{self.name} (compute capability {self.compute_capability})"
+
+
+def cuda_gpu() -> GpuInfo | None:
+    """The first CUDA GPU torch sees, or None without one."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability(0)
+    return GpuInfo(torch.cuda.get_device_name(0), f"{major}.{minor}")

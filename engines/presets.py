@@ -160,6 +160,15 @@ def tiny_fingerprint() -> str:
     return f"preset:tiny-v{TINY_PRESET_VERSION}-seed{TINY_SEED}"
 
 
+def sdxl_random_fingerprint() -> str:
+    return f"preset:sdxl-random-seed{TINY_SEED}"
+
+
+def known_fingerprint(model: str) -> str | None:
+    """A preset's fingerprint without building it; None for sources known only once loaded (hub, directory)."""
+    return {"tiny": tiny_fingerprint, "sdxl-random": sdxl_random_fingerprint}.get(model, lambda: None)()
+
+
 def ensure_tiny_directory(presets_dir: Path) -> Path:
     """Build the tiny pipeline once and save it; later starts load the saved files."""
     target = presets_dir / f"tiny-v{TINY_PRESET_VERSION}"
@@ -328,5 +337,5 @@ def build_sdxl_random(dtype: torch.dtype) -> SDXLComponents:
         unet=unet,
         vae=vae,
         scheduler_config=scheduler_config(),
-        fingerprint=f"preset:sdxl-random-seed{TINY_SEED}",
+        fingerprint=sdxl_random_fingerprint(),
     )

@@ -1,14 +1,26 @@
-"""--engine auto|torch|...: which backend runs here, and why (for the log, /readyz and X-Engine)."""
+"""--engine auto|torch|onnxruntime|tensorrt: which backend runs here, and why (for the log, /readyz and X-Engine).
+
+Each compiled backend has one function, `<backend>_candidate(request)`, that returns its engine
+(built, not loaded) or the reason it cannot run here; `CANDIDATES` lists them by --engine name. A
+new backend adds its function there. The machine is read through the `probe_*` functions only, so
+tests fake the machine at these edges.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Union
 
 from engines.base import EngineUnavailable, ImageEngine
+from engines.hardware import GpuInfo, cuda_gpu
+from engines.manifest import ArtefactKind, Manifest, ManifestError
+from engines.presets import known_fingerprint
 
 logger = logging.getLogger(__name__)
+
+Candidate = Union[ImageEngine, str]  # the engine, or why it cannot run here
 
 
 @dataclass(frozen=True)
@@ -21,21 +33,111 @@ class EngineRequest:
     presets_dir: Path | None = None
 
 
-def _torch(request: EngineRequest, reason: str) -> ImageEngine:
+# --- the machine --------------------------------------------------------------------------------------
+
+
+def probe_gpu() -> GpuInfo | None:
+    return cuda_gpu()
+
+
+def probe_tensorrt() -> str | None:
+    from engines.tensorrt_backend import tensorrt_version
+
+    return tensorrt_version()
+
+
+def probe_onnxruntime() -> str | None:
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    return str(onnxruntime.__version__)
+
+
+# --- one function per backend -------------------------------------------------------------------------
+
+
+def _check_model_and_files(request: EngineRequest, manifest: Manifest, kind: ArtefactKind) -> None:
+    """Refuse engines of another model, and any `kind` file whose hash is not the manifest's."""
+    manifest.check_model(request.engine_dir, request.model, known_fingerprint(request.model), onnx_only=kind == "onnx")
+    manifest.verify_files(request.engine_dir, kind)
+
+
+def tensorrt_candidate(request: EngineRequest) -> Candidate:
+    if request.device == "cpu":
+        return "--device cpu asks for the CPU"
+    gpu = probe_gpu()
+    if gpu is None:
+        return "no CUDA GPU is visible"
+    version = probe_tensorrt()
+    if version is None:
+        from engines.tensorrt_backend import INSTALL_HINT
+
+        return f"TensorRT is not installed ({INSTALL_HINT})"
+    try:
+        manifest = Manifest.read(request.engine_dir, request.model)
+        manifest.check_tensorrt(request.engine_dir, gpu, version)  # cheap checks before hashing gigabytes
+        _check_model_and_files(request, manifest, "plan")
+    except ManifestError as exc:
+        return str(exc)
+    from engines.tensorrt_backend import TensorRTEngine
+
+    return TensorRTEngine(request.model, request.engine_dir, manifest, request.presets_dir)
+
+
+def onnxruntime_candidate(request: EngineRequest) -> Candidate:
+    if probe_onnxruntime() is None:
+        return "onnxruntime is not installed (pip install '.[onnx]')"
+    try:
+        manifest = Manifest.read(request.engine_dir, request.model, onnx_only=True)
+        _check_model_and_files(request, manifest, "onnx")
+    except ManifestError as exc:
+        return str(exc)
+    from engines.onnxruntime_backend import OnnxRuntimeEngine
+
+    return OnnxRuntimeEngine(
+        request.model, request.engine_dir, manifest, request.device, request.precision, request.presets_dir
+    )
+
+
+CANDIDATES: dict[str, Callable[[EngineRequest], Candidate]] = {
+    "tensorrt": tensorrt_candidate,
+    "onnxruntime": onnxruntime_candidate,
+}
+
+
+def _torch(request: EngineRequest) -> ImageEngine:
     from engines.torch_backend import TorchEngine
 
-    return TorchEngine(
-        request.model, request.device, request.precision, request.presets_dir, selection_reason=reason
-    )
+    return TorchEngine(request.model, request.device, request.precision, request.presets_dir)
+
+
+# --- the choice -----------------------------------------------------------------------------------------
 
 
 def select_engine(request: EngineRequest) -> ImageEngine:
     """Build (not load) the engine asked for; raises EngineUnavailable with the reason it cannot run."""
     if request.engine == "torch":
-        engine = _torch(request, "asked for with --engine torch")
+        engine, reason = _torch(request), "asked for with --engine torch"
     elif request.engine == "auto":
-        engine = _torch(request, "auto: no compiled engine can run here, so the PyTorch path")
+        engine, reason = _auto(request)
+    elif request.engine in CANDIDATES:
+        candidate = CANDIDATES[request.engine](request)
+        if isinstance(candidate, str):
+            raise EngineUnavailable(f"--engine {request.engine} cannot run here: {candidate}")
+        engine, reason = candidate, f"asked for with --engine {request.engine}"
     else:
         raise EngineUnavailable(f"--engine {request.engine} is not available in this build")
-    logger.info("engine: %s (%s)", engine.info.name, engine.info.selection_reason)
+    engine.info.selection_reason = reason
+    logger.info("engine: %s (%s)", engine.info.name, reason)
     return engine
+
+
+def _auto(request: EngineRequest) -> tuple[ImageEngine, str]:
+    """TensorRT when it can run here; else PyTorch (fp16 on a GPU; bf16 or fp32 on a CPU, where it
+    is faster than ONNX Runtime's fp32 graphs)."""
+    candidate = tensorrt_candidate(request)
+    if not isinstance(candidate, str):
+        return candidate, f"auto: the TensorRT plans in {request.engine_dir} match this GPU, this TensorRT and the model"
+    engine = _torch(request)
+    return engine, f"auto: not TensorRT ({candidate}); {engine.info.name} is the fastest other path here"

@@ -6,14 +6,14 @@ import gc
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
-import numpy as np
 import torch
 
-from engines.base import EngineInfo, EngineLimits, GenerationRequest, ImageEngine
+from engines.base import EngineLimits
 from engines.hardware import cpu_has_bf16, usable_cpu_count
 from engines.pipeline import PipelineConfig, SDXLTurboPipeline
+from engines.pipeline_engine import PipelineEngine
 from engines.presets import SDXLComponents, load_components
 from engines.text_encoders import TorchTextEncoders
 
@@ -25,6 +25,11 @@ class TorchNumerics:
     device: torch.device
     dtype: torch.dtype  # text encoders and UNet
     vae_dtype: torch.dtype  # the SDXL VAE overflows in fp16: never fp16
+
+    @property
+    def splits_batches(self) -> bool:
+        """CPU runners go item by item (see `per_item`): a request's bytes never depend on its batch."""
+        return self.device.type == "cpu"
 
     @property
     def label(self) -> str:
@@ -93,6 +98,12 @@ class TorchVAEDecoder:
         return self.vae.decode(latents, return_dict=False)[0]
 
 
+def use_all_cores(numerics: TorchNumerics) -> None:
+    """On a CPU, one torch thread per core this process may use (torch's default ignores quotas)."""
+    if numerics.device.type == "cpu":
+        torch.set_num_threads(usable_cpu_count())
+
+
 def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """Move a module only when it is not already there (diffusers warns on needless casts)."""
     parameter = next(module.parameters())
@@ -101,33 +112,56 @@ def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) ->
     return module.eval()
 
 
-def build_torch_pipeline(components: SDXLComponents, numerics: TorchNumerics) -> SDXLTurboPipeline:
-    """Move components to their device and dtype and wrap them as the loop's runners."""
-    device = numerics.device
-    split_batch = device.type == "cpu"
-    text_encoders = TorchTextEncoders(
+def torch_text_encoders(components: SDXLComponents, numerics: TorchNumerics) -> TorchTextEncoders:
+    """Both CLIP encoders on their device and dtype: every backend runs them in PyTorch."""
+    return TorchTextEncoders(
         components.tokenizer,
         components.tokenizer_2,
-        _place(components.text_encoder, device, numerics.dtype),
-        _place(components.text_encoder_2, device, numerics.dtype),
-        device,
-        split_batch=split_batch,
+        _place(components.text_encoder, numerics.device, numerics.dtype),
+        _place(components.text_encoder_2, numerics.device, numerics.dtype),
+        numerics.device,
+        split_batch=numerics.splits_batches,
     )
-    config = PipelineConfig(
+
+
+def pipeline_config(components: SDXLComponents) -> PipelineConfig:
+    return PipelineConfig(
         scheduler_config=components.scheduler_config,
         vae_scaling_factor=components.vae.config.scaling_factor,
         force_zeros_for_empty_prompt=components.force_zeros_for_empty_prompt,
     )
+
+
+def build_torch_pipeline(components: SDXLComponents, numerics: TorchNumerics) -> SDXLTurboPipeline:
+    """Move components to their device and dtype and wrap them as the loop's runners."""
+    device = numerics.device
     return SDXLTurboPipeline(
-        text_encoders,
-        TorchUNet(_place(components.unet, device, numerics.dtype), numerics.dtype, split_batch),
-        TorchVAEDecoder(_place(components.vae, device, numerics.vae_dtype), numerics.vae_dtype, split_batch),
-        config,
+        torch_text_encoders(components, numerics),
+        TorchUNet(_place(components.unet, device, numerics.dtype), numerics.dtype, numerics.splits_batches),
+        TorchVAEDecoder(_place(components.vae, device, numerics.vae_dtype), numerics.vae_dtype, numerics.splits_batches),
+        pipeline_config(components),
         device,
     )
 
 
-class TorchEngine(ImageEngine):
+def load_text_side(
+    model: str, numerics: TorchNumerics, presets_dir: Path | None
+) -> tuple[TorchTextEncoders, PipelineConfig, str]:
+    """For compiled backends: the text encoders, the loop's config and the model's fingerprint.
+
+    The UNet and the VAE load too (one loading path for every source) and are dropped here: the
+    compiled engines replace them.
+    """
+    use_all_cores(numerics)
+    components = load_components(model, numerics.dtype, presets_dir)
+    text_encoders = torch_text_encoders(components, numerics)
+    config, fingerprint = pipeline_config(components), components.fingerprint
+    del components
+    gc.collect()
+    return text_encoders, config, fingerprint
+
+
+class TorchEngine(PipelineEngine):
     """The SDXL Turbo loop on PyTorch modules; the path that always works."""
 
     def __init__(
@@ -142,37 +176,11 @@ class TorchEngine(ImageEngine):
         self.model = model
         self.numerics = choose_numerics(device, precision)
         self.presets_dir = presets_dir
-        self.limits = limits or EngineLimits()
-        self.info = EngineInfo(name=f"torch-{self.numerics.label}", model_fingerprint="", selection_reason=selection_reason)
-        self._pipeline: SDXLTurboPipeline | None = None
+        super().__init__(f"torch-{self.numerics.label}", limits or EngineLimits(), selection_reason)
 
     def load(self) -> None:
-        if self.numerics.device.type == "cpu":
-            torch.set_num_threads(usable_cpu_count())
+        use_all_cores(self.numerics)
         components = load_components(self.model, self.numerics.dtype, self.presets_dir)
         self.info.model_fingerprint = components.fingerprint
         self._pipeline = build_torch_pipeline(components, self.numerics)
         logger.info("loaded %s as %s (%s)", self.model, self.info.name, components.fingerprint)
-
-    @property
-    def pipeline(self) -> SDXLTurboPipeline:
-        if self._pipeline is None:
-            raise RuntimeError("the engine is not loaded: call load() first")
-        return self._pipeline
-
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[np.ndarray]:
-        with torch.inference_mode():
-            return list(self.pipeline(requests))
-
-    def last_stage_seconds(self) -> dict[str, float]:
-        return dict(self.pipeline.stage_seconds)
-
-    def truncated_fields(self, request: GenerationRequest) -> list[str]:
-        encoders = self.pipeline.text_encoder
-        return [name for name in ("prompt", "negative_prompt") if encoders.is_truncated(getattr(request, name))]
-
-    def close(self) -> None:
-        self._pipeline = None
-        gc.collect()
-        if self.numerics.device.type == "cuda":
-            torch.cuda.empty_cache()

@@ -96,7 +96,7 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "model": (_nonempty, "tiny | sdxl-random | a Hugging Face hub id | a local pipeline directory"),
     "engine": (_choice(ENGINES), "inference backend; auto picks the fastest that can run here"),
     "engine_dir": (Path, "where build_engines.py wrote engines and manifest.json"),
-    "device": (_choice(("auto", "cpu", "cuda")), "torch device for the torch backend"),
+    "device": (_choice(("auto", "cpu", "cuda")), "where PyTorch runs; cpu also keeps auto and onnxruntime off the GPU"),
     "precision": (_choice(("auto", "fp32", "bf16", "fp16")), "torch precision; auto: fp16 on CUDA, bf16 on CPUs that have it, else fp32"),
     "host": (_nonempty, "address to listen on"),
     "port": (_bounded(int, 1, 65535), "port to listen on"),

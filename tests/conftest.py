@@ -1,4 +1,4 @@
-"""Shared fixtures: the tiny model saved once per session, and one running tiny service."""
+"""Shared fixtures: the tiny model saved once per session, one running tiny service, tiny ONNX engines."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.helpers import ServiceProcess
+from tests.helpers import ServiceProcess, run_build_engines
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +62,12 @@ def make_client(aiohttp_client, tmp_path: Path):
         raise TimeoutError("the in-process app never became ready")
 
     return make
+
+
+@pytest.fixture(scope="session")
+def onnx_engines(tmp_path_factory: pytest.TempPathFactory, presets_dir: Path) -> Path:
+    """`build_engines.py --model tiny --onnx-only` once per session; tests that change files copy it first."""
+    out = tmp_path_factory.mktemp("engines")
+    result = run_build_engines(["--model", "tiny", "--out", str(out), "--onnx-only", "--presets-dir", str(presets_dir)])
+    assert result.returncode == 0, result.stderr
+    return out

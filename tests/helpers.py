@@ -122,3 +122,53 @@ class ServiceProcess:
                 self.process.wait()
         self._log.close()
         return self.process.returncode
+
+
+def run_build_engines(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`python build_engines.py ARGS` as a user would run it; output captured as text."""
+    return subprocess.run(
+        [sys.executable, "build_engines.py", *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+FAKE_GPU = ("NVIDIA H100 80GB HBM3", "9.0")
+FAKE_TENSORRT = "10.8.0.43"
+
+
+def write_fake_engines(directory: Path, model: str = "tiny", with_plans: bool = True) -> Any:
+    """An engine directory as build_engines.py leaves it, with stand-in bytes for the ONNX graphs and
+    plans (for tests of the manifest and of --engine selection, which never run them)."""
+    from engines.components import COMPONENTS, BuildRange, ModelDims
+    from engines.hardware import GpuInfo
+    from engines.manifest import Artefact, ComponentEntry, Manifest, file_sha256
+    from engines.presets import known_fingerprint
+
+    manifest = Manifest(
+        model=model,
+        fingerprint=known_fingerprint(model) or "sha256:fake",
+        dims=ModelDims(hidden_size=64, pooled_size=32, upsample_factor=2),
+        build_range=BuildRange.for_sizes(((512, 512), (768, 768)), min_batch=1, max_batch=4),
+        versions={"torch": "2.13.0", "diffusers": "0.42.1", "onnx": "1.23.2", "tensorrt": FAKE_TENSORRT if with_plans else None},
+        gpu=GpuInfo(*FAKE_GPU) if with_plans else None,
+    )
+    for name in COMPONENTS:
+        (directory / name).mkdir(parents=True, exist_ok=True)
+        files = {f"{name}/model.onnx": b"graph of " + name.encode()}
+        if with_plans:
+            files[f"{name}.plan"] = b"plan of " + name.encode()
+        for relative, data in files.items():
+            (directory / relative).write_bytes(data)
+        hashes = {relative: file_sha256(directory / relative) for relative in files}
+
+        def artefact(relative: str, **details: Any) -> Artefact:
+            return Artefact(relative, {relative: hashes[relative]}, key=f"key of {relative}", details=details)
+
+        plan = artefact(f"{name}.plan", precision="fp16" if name == "unet" else "bf16") if with_plans else None
+        manifest.components[name] = ComponentEntry(artefact(f"{name}/model.onnx"), plan)
+    manifest.write(directory)
+    return manifest

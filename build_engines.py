@@ -1,0 +1,109 @@
+"""`python build_engines.py --model M --out DIR`: export the UNet and the VAE decoder to ONNX, build
+TensorRT plans for this GPU, and write DIR/manifest.json. A thin command line over `engines.build`.
+
+Examples:
+    python build_engines.py --model tiny --out build/engines --onnx-only
+    python build_engines.py --model stabilityai/sdxl-turbo --out build/engines --batch 1-4 --sizes 512x512,768x768
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from engines.build import PRECISIONS, BuildError, BuildRequest, build
+from engines.components import BuildRange, Size
+from engines.presets import DEFAULT_MODEL
+
+logger = logging.getLogger("build_engines")
+
+
+def parse_batch(text: str) -> tuple[int, int]:
+    """'4' -> (4, 4); '1-4' -> (1, 4)."""
+    match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a batch size such as 1 or a range such as 1-4")
+    low = int(match.group(1))
+    high = int(match.group(2) or low)
+    if not 1 <= low <= high <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r}: batch sizes go from 1 to 64, low to high")
+    return low, high
+
+
+def parse_sizes(text: str) -> tuple[Size, ...]:
+    sizes = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", part)
+        if not match:
+            raise argparse.ArgumentTypeError(f"{part!r}: expected WIDTHxHEIGHT, e.g. 512x512")
+        sizes.append((int(match.group(1)), int(match.group(2))))
+    return tuple(dict.fromkeys(sizes))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python build_engines.py",
+        description="Export SDXL Turbo's UNet and VAE decoder to ONNX and build TensorRT plans for this GPU.",
+    )
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="tiny | sdxl-random | a hub id | a local pipeline directory")
+    parser.add_argument("--out", type=Path, default=Path("build/engines"), help="where the files and manifest.json go")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp16", help="the UNet's TensorRT precision (the VAE is never fp16)")
+    parser.add_argument("--batch", type=parse_batch, default=(1, 1), help="requests per batch: N or MIN-MAX (default 1)")
+    sizes = parser.add_mutually_exclusive_group()
+    sizes.add_argument("--sizes", type=parse_sizes, help="exact image sizes, e.g. 512x512,768x768 (default 512x512)")
+    sizes.add_argument("--min-size", type=int, help="smallest image side of a size range (with --max-size)")
+    parser.add_argument("--max-size", type=int, help="largest image side of a size range")
+    parser.add_argument("--onnx-only", action="store_true", help="export ONNX only (no GPU needed): the ONNX Runtime backend")
+    parser.add_argument("--force", action="store_true", help="rebuild everything, even what is up to date")
+    parser.add_argument("--opt-level", type=int, choices=range(6), default=3, metavar="0-5", help="TensorRT builder optimisation level")
+    parser.add_argument("--presets-dir", type=Path, help="where the tiny preset is saved once built")
+    parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default="INFO")
+    return parser
+
+
+def build_range(args: argparse.Namespace) -> BuildRange:
+    low, high = args.batch
+    if args.min_size is None and args.max_size is None:
+        return BuildRange.for_sizes(args.sizes or ((512, 512),), low, high)
+    if args.sizes is not None:
+        raise ValueError("--sizes and --max-size: give exact sizes or a size range, not both")
+    smallest = 512 if args.min_size is None else args.min_size
+    largest = max(smallest, 512) if args.max_size is None else args.max_size
+    return BuildRange.for_size_range(smallest, largest, low, high)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        request = BuildRequest(
+            model=args.model,
+            out=args.out,
+            build_range=build_range(args),
+            precision=args.precision,
+            onnx_only=args.onnx_only,
+            force=args.force,
+            optimization_level=args.opt_level,
+            presets_dir=args.presets_dir,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        report = build(request)
+    except BuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if report.made or report.manifest_written:
+        logger.info("made %s; manifest: %s", ", ".join(report.made) or "nothing new", args.out / "manifest.json")
+    else:
+        logger.info("nothing to do: everything in %s is up to date", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

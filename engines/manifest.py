@@ -1,0 +1,202 @@
+"""manifest.json: what build_engines.py made, from what, for which GPU, and each file's SHA-256.
+
+A runtime reads it before it trusts a file: a TensorRT plan is executable code, so a plan whose hash,
+GPU or TensorRT version does not match is refused, with a message that says how to rebuild.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from engines.base import EngineUnavailable
+from engines.components import COMPONENTS, BuildRange, ModelDims
+from engines.hardware import GpuInfo
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+ArtefactKind = Literal["onnx", "plan"]
+
+
+class ManifestError(EngineUnavailable):
+    """A manifest or an engine file that must not be used; the message says how to rebuild."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def bytes_sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def inputs_key(inputs: dict[str, Any]) -> str:
+    """A hash of everything that decides an artefact's bytes: same key, nothing to redo."""
+    return bytes_sha256(json.dumps(inputs, sort_keys=True, separators=(",", ":")).encode())
+
+
+@dataclass
+class Artefact:
+    path: str  # the file a runtime opens, relative to the engine directory
+    files: dict[str, str]  # every file it is made of (an ONNX graph and its external data) -> SHA-256
+    key: str  # inputs_key() of what made it
+    details: dict[str, Any] = field(default_factory=dict)  # precision, profile, numerical check
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Artefact:
+        return cls(data["path"], dict(data["files"]), data["key"], dict(data.get("details", {})))
+
+
+@dataclass
+class ComponentEntry:
+    onnx: Artefact
+    plan: Artefact | None = None
+
+    def artefact(self, kind: ArtefactKind) -> Artefact | None:
+        return self.onnx if kind == "onnx" else self.plan
+
+
+@dataclass
+class Manifest:
+    model: str  # as given to --model
+    fingerprint: str  # the model's fingerprint (hub revision or weights hash)
+    dims: ModelDims
+    build_range: BuildRange
+    versions: dict[str, str | None]  # torch, diffusers, onnx, onnxruntime, tensorrt (None: no plans)
+    gpu: GpuInfo | None = None  # where the plans were built; None for an ONNX-only build
+    components: dict[str, ComponentEntry] = field(default_factory=dict)
+
+    # --- files --------------------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        def artefact(a: Artefact | None) -> dict[str, Any] | None:
+            return None if a is None else {"path": a.path, "files": a.files, "key": a.key, "details": a.details}
+
+        return {
+            "format": FORMAT_VERSION,
+            "model": {"source": self.model, "fingerprint": self.fingerprint},
+            "dims": self.dims.to_json(),
+            "range": self.build_range.to_json(),
+            "versions": self.versions,
+            "gpu": None if self.gpu is None else {"name": self.gpu.name, "compute_capability": self.gpu.compute_capability},
+            "components": {name: {"onnx": artefact(c.onnx), "plan": artefact(c.plan)} for name, c in self.components.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        if data.get("format") != FORMAT_VERSION:
+            raise ValueError(f"format {data.get('format')!r}, this code reads format {FORMAT_VERSION}")
+        gpu = data.get("gpu")
+        return cls(
+            model=data["model"]["source"],
+            fingerprint=data["model"]["fingerprint"],
+            dims=ModelDims.from_json(data["dims"]),
+            build_range=BuildRange.from_json(data["range"]),
+            versions=dict(data["versions"]),
+            gpu=None if gpu is None else GpuInfo(gpu["name"], gpu["compute_capability"]),
+            components={
+                name: ComponentEntry(
+                    Artefact.from_json(entry["onnx"]), None if entry.get("plan") is None else Artefact.from_json(entry["plan"])
+                )
+                for name, entry in data["components"].items()
+            },
+        )
+
+    def write(self, directory: Path) -> None:
+        """Atomically: a reader sees the old manifest or the new one, never half of one."""
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=".manifest-", suffix=".json", dir=directory)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(self.to_json(), handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        os.chmod(temporary, 0o644)  # mkstemp makes it private; the service may run as another user
+        os.replace(temporary, directory / MANIFEST_NAME)
+
+    @classmethod
+    def read(cls, directory: Path, model: str = "MODEL", onnx_only: bool = False) -> Manifest:
+        """Raises ManifestError when there is no manifest or it cannot be read (`model`: for the hint)."""
+        path = directory / MANIFEST_NAME
+        command = f"python build_engines.py --model {model} --out {directory}" + (" --onnx-only" if onnx_only else "")
+        if not path.is_file():
+            raise ManifestError(f"no {MANIFEST_NAME} in {directory}: build the engines first with `{command}`")
+        try:
+            return cls.from_json(json.loads(path.read_text()))
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise ManifestError(f"{path} cannot be read ({exc.__class__.__name__}: {exc}); rebuild with `{command} --force`") from exc
+
+    # --- refusals -----------------------------------------------------------------------------------
+
+    def rebuild_command(self, directory: Path, onnx_only: bool = False, model: str | None = None) -> str:
+        """The build_engines.py command line that makes this manifest's engines again (for `model`, if given)."""
+        r = self.build_range
+        parts = ["python build_engines.py", f"--model {model or self.model}", f"--out {directory}"]
+        if (r.min_batch, r.max_batch) != (1, 1):
+            parts.append(f"--batch {r.min_batch}-{r.max_batch}")
+        if r.sizes is not None:
+            parts.append("--sizes " + ",".join(f"{w}x{h}" for w, h in r.sizes))
+        else:
+            parts.append(f"--min-size {r.min_size[0]} --max-size {r.max_size[0]}")
+        if onnx_only:
+            parts.append("--onnx-only")
+        return "`" + " ".join(parts) + "`"
+
+    def check_model(self, directory: Path, model: str, fingerprint: str | None, onnx_only: bool) -> None:
+        """Refuse engines made from another model; `fingerprint` None: only the name can be compared yet."""
+        if model != self.model or (fingerprint is not None and fingerprint != self.fingerprint):
+            theirs = f"{self.model} ({self.fingerprint})"
+            ours = model if fingerprint is None else f"{model} ({fingerprint})"
+            raise ManifestError(
+                f"the engines in {directory} were built for the model {theirs}, not {ours}; rebuild with "
+                + self.rebuild_command(directory, onnx_only, model)
+            )
+
+    def check_tensorrt(self, directory: Path, gpu: GpuInfo, tensorrt_version: str) -> None:
+        """Refuse plans that are missing, or built for another GPU or another TensorRT."""
+        hint = "; rebuild on this machine with " + self.rebuild_command(directory)
+        missing = [name for name in COMPONENTS if name not in self.components or self.components[name].plan is None]
+        if missing:
+            raise ManifestError(f"{directory} holds no TensorRT plans for {', '.join(missing)} (an --onnx-only build?){hint}")
+        if self.gpu != gpu:
+            built_for = "an unknown GPU" if self.gpu is None else self.gpu.describe()
+            raise ManifestError(f"the plans in {directory} were built for {built_for}, this GPU is {gpu.describe()}{hint}")
+        built_with = self.versions.get("tensorrt")
+        if built_with != tensorrt_version:
+            raise ManifestError(
+                f"the plans in {directory} were built with TensorRT {built_with}, this is TensorRT {tensorrt_version}{hint}"
+            )
+
+    def artefact(self, directory: Path, component: str, kind: ArtefactKind) -> Artefact:
+        entry = self.components.get(component)
+        artefact = None if entry is None else entry.artefact(kind)
+        if artefact is None:
+            raise ManifestError(
+                f"{directory}/{MANIFEST_NAME} lists no {kind} file for {component}; rebuild with "
+                + self.rebuild_command(directory, onnx_only=kind == "onnx")
+            )
+        return artefact
+
+    def verify_files(self, directory: Path, kind: ArtefactKind) -> None:
+        """Hash every file of every component's `kind` artefact against the manifest; refuse any difference."""
+        for component in COMPONENTS:
+            for relative, expected in self.artefact(directory, component, kind).files.items():
+                self.verify_file(directory, relative, expected, onnx_only=kind == "onnx")
+
+    def verify_file(self, directory: Path, relative: str, expected: str, onnx_only: bool, actual: str | None = None) -> None:
+        """Refuse a missing file or one whose SHA-256 (`actual`, or computed here) is not `expected`."""
+        path = directory / relative
+        hint = "; rebuild with " + self.rebuild_command(directory, onnx_only)
+        if actual is None:
+            if not path.is_file():
+                raise ManifestError(f"{path} is listed in {MANIFEST_NAME} but missing{hint}")
+            actual = file_sha256(path)
+        if actual != expected:
+            raise ManifestError(f"{path} does not match {MANIFEST_NAME} (SHA-256 {actual}, expected {expected}): refused{hint}")

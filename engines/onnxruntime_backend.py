@@ -1,0 +1,90 @@
+"""ONNX Runtime: the exported UNet and VAE decoder as the loop's runners (CUDA execution provider where
+present, the CPU otherwise); the text encoders stay in PyTorch.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engines.base import EngineLimits
+from engines.components import UNET, VAE_DECODER, ComponentSpec
+from engines.hardware import usable_cpu_count
+from engines.manifest import Manifest
+from engines.onnx_export import onnxruntime_session
+from engines.pipeline import SDXLTurboPipeline
+from engines.pipeline_engine import PipelineEngine
+from engines.torch_backend import choose_numerics, load_text_side, per_item
+
+logger = logging.getLogger(__name__)
+
+CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
+
+
+def available_providers() -> list[str]:
+    import onnxruntime
+
+    return list(onnxruntime.get_available_providers())
+
+
+class OnnxRuntimeRunner:
+    """One exported component as a loop runner: float32 torch tensors in and out, on `device`."""
+
+    def __init__(self, session: Any, spec: ComponentSpec, device: torch.device, split_batch: bool) -> None:
+        self.session, self.spec, self.device, self.split_batch = session, spec, device, split_batch
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if len(inputs) != len(self.spec.inputs):
+            raise TypeError(f"{self.spec.name} takes {len(self.spec.inputs)} tensors, got {len(inputs)}")
+        return per_item(self._run, *inputs) if self.split_batch else self._run(*inputs)
+
+    def _run(self, *inputs: torch.Tensor) -> torch.Tensor:
+        feeds = {
+            name: tensor.detach().to("cpu", torch.float32).contiguous().numpy()
+            for name, tensor in zip(self.spec.input_names, inputs)
+        }
+        (output,) = self.session.run(self.spec.output_names[:1], feeds)
+        return torch.from_numpy(output).to(self.device)
+
+
+class OnnxRuntimeEngine(PipelineEngine):
+    """SDXL Turbo with the float32 ONNX graphs that build_engines.py exported."""
+
+    def __init__(
+        self,
+        model: str,
+        engine_dir: Path,
+        manifest: Manifest,
+        device: str = "auto",
+        precision: str = "auto",
+        presets_dir: Path | None = None,
+        selection_reason: str = "",
+    ) -> None:
+        self.model, self.engine_dir, self.manifest, self.presets_dir = model, engine_dir, manifest, presets_dir
+        on_cuda = device != "cpu" and CUDA_PROVIDER in available_providers() and torch.cuda.is_available()
+        self.providers = [CUDA_PROVIDER, CPU_PROVIDER] if on_cuda else [CPU_PROVIDER]
+        # The text encoders follow --precision; by default fp32 like the graphs (fp16 on CUDA).
+        text_precision = precision if precision != "auto" else ("fp16" if on_cuda else "fp32")
+        self.numerics = choose_numerics("cuda" if on_cuda else "cpu", text_precision)
+        name = f"onnxruntime-{self.numerics.device.type}-fp32"
+        if text_precision != "fp32":
+            name += f"-text-{text_precision}"
+        # Dynamic axes: any size the traced UNet can take, with the default range and batch.
+        super().__init__(name, EngineLimits(size_multiple=manifest.dims.size_multiple), selection_reason)
+
+    def load(self) -> None:
+        text_encoders, config, fingerprint = load_text_side(self.model, self.numerics, self.presets_dir)
+        self.manifest.check_model(self.engine_dir, self.model, fingerprint, onnx_only=True)
+        specs = self.manifest.dims.specs()
+        threads = usable_cpu_count()
+        runners = {}
+        for name in (UNET, VAE_DECODER):
+            path = self.engine_dir / self.manifest.artefact(self.engine_dir, name, "onnx").path
+            session = onnxruntime_session(path, self.providers, threads)
+            runners[name] = OnnxRuntimeRunner(session, specs[name], self.numerics.device, self.numerics.splits_batches)
+        self._pipeline = SDXLTurboPipeline(text_encoders, runners[UNET], runners[VAE_DECODER], config, self.numerics.device)
+        self.info.model_fingerprint = fingerprint
+        logger.info("loaded ONNX graphs from %s with %s (%s)", self.engine_dir, ", ".join(self.providers), self.info.name)

@@ -1,0 +1,58 @@
+"""`ImageEngine` over the one denoising loop: what every backend shares once its runners are built.
+
+A backend subclasses `PipelineEngine`, builds an `SDXLTurboPipeline` from its runners in `load()`,
+and gets generate, truncation, warm-up and close from here.
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from engines.base import EngineInfo, EngineLimits, GenerationRequest, ImageEngine
+from engines.pipeline import SDXLTurboPipeline
+
+
+class PipelineEngine(ImageEngine):
+    def __init__(self, name: str, limits: EngineLimits, selection_reason: str = "") -> None:
+        self.limits = limits
+        self.info = EngineInfo(name=name, model_fingerprint="", selection_reason=selection_reason)
+        self._pipeline: SDXLTurboPipeline | None = None
+
+    @property
+    def pipeline(self) -> SDXLTurboPipeline:
+        if self._pipeline is None:
+            raise RuntimeError("the engine is not loaded: call load() first")
+        return self._pipeline
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[np.ndarray]:
+        with torch.inference_mode():
+            return list(self.pipeline(requests))
+
+    def warm_up(self) -> None:
+        """One image at a size the engine was built for (512x512 where it can)."""
+        self.generate([GenerationRequest(prompt="warm-up", seed=0, width=self.warm_up_size[0], height=self.warm_up_size[1])])
+
+    @property
+    def warm_up_size(self) -> tuple[int, int]:
+        limits = self.limits
+        if limits.sizes:
+            return (512, 512) if (512, 512) in limits.sizes else limits.sizes[0]
+        side = min(max(512, limits.min_size), limits.max_size)
+        return (side - side % limits.size_multiple,) * 2
+
+    def last_stage_seconds(self) -> dict[str, float]:
+        return dict(self.pipeline.stage_seconds)
+
+    def truncated_fields(self, request: GenerationRequest) -> list[str]:
+        encoders = self.pipeline.text_encoder
+        return [name for name in ("prompt", "negative_prompt") if encoders.is_truncated(getattr(request, name))]
+
+    def close(self) -> None:
+        self._pipeline = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

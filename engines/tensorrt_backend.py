@@ -1,0 +1,257 @@
+"""TensorRT: build plans from the exported ONNX graphs, and run them as the loop's UNet and VAE runners.
+
+Written against the TensorRT 10 Python API (10.1 or later: `device_memory_size_v2`,
+`set_device_memory`). `tensorrt` is imported only when a plan is built or loaded, so this module
+imports, and its selection logic is tested, on machines without it. The life cycle:
+deserialize each plan (after checking its SHA-256 against the manifest), create one execution
+context per engine on one shared block of device memory (the UNet and the VAE never run at the
+same time), bind torch CUDA tensors by name, and run with `execute_async_v3` on one CUDA stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from engines.base import EngineError, EngineUnavailable, GenerationRequest
+from engines.components import COMPONENTS, UNET, VAE_DECODER, ComponentSpec, Shape
+from engines.manifest import Manifest, bytes_sha256
+from engines.pipeline import SDXLTurboPipeline
+from engines.pipeline_engine import PipelineEngine
+from engines.torch_backend import choose_numerics, load_text_side
+
+logger = logging.getLogger(__name__)
+
+# TensorRT DataType member names -> torch dtypes (by name: no tensorrt import needed to build it).
+TORCH_DTYPES = {
+    "FLOAT": torch.float32,
+    "HALF": torch.float16,
+    "BF16": torch.bfloat16,
+    "INT32": torch.int32,
+    "INT64": torch.int64,
+    "INT8": torch.int8,
+    "UINT8": torch.uint8,
+    "BOOL": torch.bool,
+}
+# Builder flags per precision (weakly typed network: the flags allow lower precision, TF32 is on by default).
+PRECISION_FLAGS = {"fp32": (), "bf16": ("BF16",), "fp16": ("FP16",)}
+INSTALL_HINT = "install it on a GPU machine with `pip install '.[gpu]'` (see `make gpu-check`)"
+
+
+class PlanBuildError(RuntimeError):
+    """TensorRT could not parse a graph or build a plan."""
+
+
+def tensorrt_version() -> str | None:
+    """The importable TensorRT's version, or None (not installed, or its libraries do not load)."""
+    try:
+        import tensorrt
+    except (ImportError, OSError):
+        return None
+    return str(tensorrt.__version__)
+
+
+def _tensorrt() -> Any:
+    try:
+        import tensorrt
+    except (ImportError, OSError) as exc:
+        raise EngineUnavailable(f"TensorRT cannot be imported ({exc}); {INSTALL_HINT}") from exc
+    return tensorrt
+
+
+def vae_precision(compute_capability: str) -> str:
+    """The SDXL VAE overflows in fp16: bf16 where the GPU has it (Ampere, compute capability 8.0, and later), else fp32."""
+    return "bf16" if int(compute_capability.split(".")[0]) >= 8 else "fp32"
+
+
+# --- building ---------------------------------------------------------------------------------------
+
+
+def build_plan(
+    onnx_path: Path,
+    plan_path: Path,
+    profile: Mapping[str, tuple[Shape, Shape, Shape]],
+    precision: str,
+    timing_cache: Path,
+    optimization_level: int = 3,
+) -> None:
+    """Build one plan with one optimisation profile; the timing cache is read, extended and written back."""
+    trt = _tensorrt()
+    trt_logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(trt_logger)
+    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    parser = trt.OnnxParser(network, trt_logger)  # owns the weights: alive until the build returns
+    if not parser.parse_from_file(str(onnx_path)):  # reads external data beside the file
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise PlanBuildError(f"TensorRT could not parse {onnx_path}: {errors}")
+
+    config = builder.create_builder_config()
+    config.builder_optimization_level = optimization_level
+    for flag in PRECISION_FLAGS[precision]:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    optimization_profile = builder.create_optimization_profile()
+    for name, (smallest, usual, largest) in profile.items():
+        optimization_profile.set_shape(name, smallest, usual, largest)
+    if config.add_optimization_profile(optimization_profile) < 0:
+        raise PlanBuildError(f"TensorRT refused the optimisation profile {dict(profile)}")
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    monitor = _progress_monitor(trt, plan_path.name)  # held here: TensorRT does not own it
+    config.progress_monitor = monitor
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise PlanBuildError(f"TensorRT could not build {plan_path.name} from {onnx_path} (its log says why)")
+    _write_atomically(plan_path, memoryview(serialized))
+    _write_atomically(timing_cache, memoryview(config.get_timing_cache().serialize()))
+
+
+def _progress_monitor(trt: Any, label: str) -> Any:
+    """Log the builder's top-level phases: a UNet build takes minutes, and silence looks like a hang."""
+
+    class Progress(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            if parent_phase is None:
+                logger.info("%s: %s (%d steps)", label, phase_name, num_steps)
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name: str) -> None:
+            pass
+
+    return Progress()
+
+
+def _write_atomically(path: Path, data: memoryview) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(temporary, 0o644)  # mkstemp makes it private; the service may run as another user
+    os.replace(temporary, path)
+
+
+# --- running ----------------------------------------------------------------------------------------
+
+
+class TensorRTRunner:
+    """One engine as a loop runner: float32 torch CUDA tensors in and out, cast to the engine's types inside."""
+
+    def __init__(
+        self,
+        engine: Any,
+        context: Any,
+        spec: ComponentSpec,
+        device: torch.device | str = "cuda",
+        stream_handle: Callable[[], int] = lambda: torch.cuda.current_stream().cuda_stream,
+    ) -> None:
+        self.engine, self.context, self.spec = engine, context, spec
+        self.device, self.stream_handle = torch.device(device), stream_handle
+        self.dtypes = {name: TORCH_DTYPES[engine.get_tensor_dtype(name).name] for name in spec.input_names + spec.output_names}
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if len(inputs) != len(self.spec.inputs):
+            raise TypeError(f"{self.spec.name} takes {len(self.spec.inputs)} tensors, got {len(inputs)}")
+        # Torch's current stream: tensors freed after the call are reused only by work queued after it.
+        stream = self.stream_handle()
+        bound = []  # held until the engine is queued: a freed block would be reused by the next copy
+        for name, tensor in zip(self.spec.input_names, inputs):
+            value = tensor.to(self.device, self.dtypes[name]).contiguous()
+            if not self.context.set_input_shape(name, tuple(value.shape)):
+                raise EngineError(f"{self.spec.name}: {name} shaped {tuple(value.shape)} is outside the plan's profile")
+            self.context.set_tensor_address(name, value.data_ptr())
+            bound.append(value)
+        outputs = []
+        for name in self.spec.output_names:
+            output = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name], device=self.device)
+            self.context.set_tensor_address(name, output.data_ptr())
+            outputs.append(output)
+        if not self.context.execute_async_v3(stream):
+            raise EngineError(f"{self.spec.name}: TensorRT execution failed (its log says why)")
+        return outputs[0].float()
+
+
+class LoadedPlans:
+    """Deserialized engines, one execution context each, sharing one block of device memory."""
+
+    def __init__(self, plans: Mapping[str, bytes], specs: Mapping[str, ComponentSpec]) -> None:
+        trt = _tensorrt()
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)  # must outlive the engines it made
+        self.engines = {}
+        for name, plan in plans.items():
+            engine = self._runtime.deserialize_cuda_engine(plan)
+            if engine is None:
+                raise EngineUnavailable(f"TensorRT could not deserialize the {name} plan (built by another TensorRT?)")
+            self.engines[name] = engine
+        size = max(engine.device_memory_size_v2 for engine in self.engines.values())
+        # torch's allocator aligns blocks to 512 bytes; TensorRT asks for 256.
+        self.device_memory = torch.empty(max(size, 1), dtype=torch.uint8, device="cuda")
+        self.runners = {}
+        for name, engine in self.engines.items():
+            context = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+            if context is None:
+                raise EngineUnavailable(f"TensorRT could not create an execution context for {name}")
+            context.set_device_memory(self.device_memory.data_ptr(), size)
+            self.runners[name] = TensorRTRunner(engine, context, specs[name])
+
+
+class TensorRTEngine(PipelineEngine):
+    """SDXL Turbo with the UNet and the VAE decoder as TensorRT plans; the text encoders in PyTorch fp16."""
+
+    def __init__(
+        self,
+        model: str,
+        engine_dir: Path,
+        manifest: Manifest,
+        presets_dir: Path | None = None,
+        selection_reason: str = "",
+    ) -> None:
+        self.model, self.engine_dir, self.manifest, self.presets_dir = model, engine_dir, manifest, presets_dir
+        self.numerics = choose_numerics("cuda", "fp16")
+        plans = [manifest.artefact(engine_dir, name, "plan") for name in (UNET, VAE_DECODER)]
+        unet_precision, vae = (plan.details.get("precision", "?") for plan in plans)
+        limits = manifest.build_range.limits(manifest.dims.size_multiple)
+        super().__init__(f"tensorrt-{unet_precision}-vae-{vae}", limits, selection_reason)
+        self._plans: LoadedPlans | None = None
+        self._stream: torch.cuda.Stream | None = None
+
+    def load(self) -> None:
+        text_encoders, config, fingerprint = load_text_side(self.model, self.numerics, self.presets_dir)
+        self.manifest.check_model(self.engine_dir, self.model, fingerprint, onnx_only=False)
+        plans = {}
+        for name in COMPONENTS:
+            artefact = self.manifest.artefact(self.engine_dir, name, "plan")
+            plan = (self.engine_dir / artefact.path).read_bytes()
+            # The bytes deserialized are the bytes hashed: no window for a swap after the check.
+            self.manifest.verify_file(
+                self.engine_dir, artefact.path, artefact.files[artefact.path], onnx_only=False, actual=bytes_sha256(plan)
+            )
+            plans[name] = plan
+        self._plans = LoadedPlans(plans, self.manifest.dims.specs())
+        self._stream = torch.cuda.Stream()  # not the default stream: TensorRT synchronises on that one
+        runners = self._plans.runners
+        self._pipeline = SDXLTurboPipeline(text_encoders, runners[UNET], runners[VAE_DECODER], config, "cuda")
+        self.info.model_fingerprint = fingerprint
+        logger.info("loaded TensorRT plans from %s (%s)", self.engine_dir, self.info.name)
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[np.ndarray]:
+        if self._stream is None:
+            raise RuntimeError("the engine is not loaded: call load() first")
+        with torch.cuda.stream(self._stream):
+            return super().generate(requests)
+
+    def close(self) -> None:
+        self._plans = None
+        self._stream = None
+        super().close()

@@ -1,0 +1,139 @@
+"""The gpu tier: real TensorRT plans for the tiny model, checked against torch and served over HTTP.
+
+Skipped without a CUDA GPU and an importable TensorRT; `make gpu-check` runs it on a GPU machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from engines.base import EngineError, GenerationRequest
+from engines.components import UNET, VAE_DECODER
+from engines.hardware import cuda_gpu
+from engines.manifest import Manifest
+from engines.onnx_export import compare, export_modules
+from engines.presets import build_tiny_components
+from engines.select import EngineRequest, select_engine
+from engines.tensorrt_backend import LoadedPlans, tensorrt_version
+from engines.torch_backend import TorchEngine
+from tests.helpers import EXAMPLE_PROMPT, ServiceProcess, generate, request, run_build_engines
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not (torch.cuda.is_available() and tensorrt_version()), reason="needs a CUDA GPU and TensorRT (make gpu-check)"
+    ),
+]
+
+SIZES = "512x512,768x512"
+MAX_BATCH = 2
+
+
+@pytest.fixture(scope="module")
+def trt_engines(tmp_path_factory: pytest.TempPathFactory, presets_dir: Path) -> Path:
+    out = tmp_path_factory.mktemp("trt-engines")
+    args = ["--model", "tiny", "--out", str(out), "--presets-dir", str(presets_dir), "--batch", f"1-{MAX_BATCH}", "--sizes", SIZES]
+    result = run_build_engines(args, timeout=1800)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_the_manifest_records_this_gpu_tensorrt_and_precisions(trt_engines: Path) -> None:
+    manifest = Manifest.read(trt_engines)
+    assert manifest.gpu == cuda_gpu()
+    assert manifest.versions["tensorrt"] == tensorrt_version()
+    assert manifest.components[UNET].plan.details["precision"] == "fp16"
+    assert manifest.components[VAE_DECODER].plan.details["precision"] in ("bf16", "fp32")  # never fp16
+    manifest.verify_files(trt_engines, "plan")
+
+
+def test_a_second_build_rebuilds_nothing(trt_engines: Path, presets_dir: Path) -> None:
+    args = ["--model", "tiny", "--out", str(trt_engines), "--presets-dir", str(presets_dir), "--batch", f"1-{MAX_BATCH}", "--sizes", SIZES]
+    result = run_build_engines(args)
+    assert result.returncode == 0 and "nothing to do" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(("component", "batch", "tolerance"), [(UNET, 2 * MAX_BATCH, 5e-2), (VAE_DECODER, MAX_BATCH, 5e-2)])
+def test_plans_match_torch_in_float32(trt_engines: Path, component: str, batch: int, tolerance: float) -> None:
+    """At the profile's largest batch (the UNet's doubled by guidance) and a non-square size."""
+    manifest = Manifest.read(trt_engines)
+    spec = manifest.dims.specs()[component]
+    module = export_modules(build_tiny_components())[component].to("cuda")
+    plans = LoadedPlans({component: (trt_engines / f"{component}.plan").read_bytes()}, manifest.dims.specs())
+    inputs = [t.to("cuda") for t in spec.sample_inputs(batch=batch, width=768, height=512).values()]
+    stream = torch.cuda.Stream()
+    with torch.no_grad(), torch.cuda.stream(stream):
+        actual = plans.runners[component](*inputs)
+        expected = module(*inputs).float()
+    stream.synchronize()
+    check = compare(actual.cpu().numpy(), expected.cpu().numpy())
+    print(f"{component}: TensorRT against torch float32: {check.describe()}")
+    assert check.max_rel < tolerance, check.describe()
+
+
+def test_a_batch_past_the_profile_is_an_engine_error(trt_engines: Path) -> None:
+    manifest = Manifest.read(trt_engines)
+    spec = manifest.dims.specs()[VAE_DECODER]
+    plans = LoadedPlans({VAE_DECODER: (trt_engines / "vae_decoder.plan").read_bytes()}, manifest.dims.specs())
+    (latents,) = spec.sample_inputs(batch=MAX_BATCH + 1, width=512, height=512).values()
+    with pytest.raises(EngineError, match="outside the plan's profile"):
+        plans.runners[VAE_DECODER](latents.to("cuda"))
+
+
+def test_auto_picks_tensorrt_and_makes_the_torch_picture(trt_engines: Path, presets_dir: Path) -> None:
+    engine = select_engine(EngineRequest("auto", "tiny", trt_engines, presets_dir=presets_dir))
+    assert engine.info.name.startswith("tensorrt-fp16-vae-")
+    reference = TorchEngine("tiny", device="cuda", precision="fp32", presets_dir=presets_dir)
+    requests = [GenerationRequest(prompt=EXAMPLE_PROMPT, seed=s, width=768, height=512, guidance_scale=2.0) for s in (1, 2)]
+    engine.load()
+    reference.load()
+    try:
+        engine.warm_up()
+        images = engine.generate(requests)
+        expected = reference.generate(requests)
+    finally:
+        engine.close()
+        reference.close()
+    for image, want in zip(images, expected):
+        assert image.shape == (512, 768, 3)
+        difference = np.abs(image.astype(np.int16) - want.astype(np.int16))
+        print(f"TensorRT against torch float32, pixels: max {difference.max()}, mean {difference.mean():.3f}")
+        assert difference.mean() < 4
+
+
+@pytest.fixture(scope="module")
+def trt_service(trt_engines: Path, presets_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    service = ServiceProcess(
+        [
+            "--model", "tiny",
+            "--engine", "auto",
+            "--engine-dir", str(trt_engines),
+            "--presets-dir", str(presets_dir),
+            "--cache-dir", str(tmp_path_factory.mktemp("trt-image-cache")),
+        ]
+    )
+    try:
+        service.wait_ready()
+        yield service
+    finally:
+        assert service.stop() == 0, service.log()
+
+
+def test_the_service_serves_a_tensorrt_image(trt_service: ServiceProcess) -> None:
+    ready = request(trt_service.base_url, "GET", "/readyz").json()
+    assert ready["engine"].startswith("tensorrt-") and ready["engine_reason"].startswith("auto: the TensorRT plans")
+    reply = generate(trt_service.base_url, {"prompt": EXAMPLE_PROMPT})
+    assert reply.status == 200, reply.body[:500]
+    assert reply.headers["x-engine"] == ready["engine"]
+    assert reply.image().size == (512, 512)
+
+
+def test_the_service_refuses_sizes_outside_the_plans(trt_service: ServiceProcess) -> None:
+    reply = generate(trt_service.base_url, {"prompt": EXAMPLE_PROMPT, "width": 512, "height": 768})
+    assert reply.status == 422
+    assert "supported: 512x512, 768x512" in reply.json()["error"]["message"]
