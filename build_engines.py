@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from engines.build import PRECISIONS, BuildError, BuildRequest, build
+from engines.build import PRECISIONS, TARGETS, BuildError, BuildRequest, build
 from engines.components import BuildRange, Size
 from engines.presets import DEFAULT_MODEL
 
@@ -47,7 +47,7 @@ def parse_sizes(text: str) -> tuple[Size, ...]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python build_engines.py",
-        description="Export SDXL Turbo's UNet and VAE decoder to ONNX and build TensorRT plans for this GPU.",
+        description="Export SDXL Turbo's UNet and VAE decoder: ONNX and TensorRT plans for this GPU, or OpenVINO IR for the CPU.",
     )
     parser.add_argument("--model", default=DEFAULT_MODEL, help="tiny | sdxl-random | a hub id | a local pipeline directory")
     parser.add_argument("--out", type=Path, default=Path("build/engines"), help="where the files and manifest.json go")
@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     sizes.add_argument("--min-size", type=int, help="smallest image side of a size range (with --max-size)")
     parser.add_argument("--max-size", type=int, help="largest image side of a size range")
     parser.add_argument("--onnx-only", action="store_true", help="export ONNX only (no GPU needed): the ONNX Runtime backend")
+    parser.add_argument(
+        "--target", choices=TARGETS, default="gpu",
+        help="gpu: ONNX and TensorRT plans for this GPU; cpu: OpenVINO IR for the CPU path (no GPU needed)",
+    )
     parser.add_argument("--force", action="store_true", help="rebuild everything, even what is up to date")
     parser.add_argument("--opt-level", type=int, choices=range(6), default=3, metavar="0-5", help="TensorRT builder optimisation level")
     parser.add_argument("--presets-dir", type=Path, help="where the tiny preset is saved once built")
@@ -87,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             build_range=build_range(args),
             precision=args.precision,
             onnx_only=args.onnx_only,
+            target=args.target,
             force=args.force,
             optimization_level=args.opt_level,
             presets_dir=args.presets_dir,

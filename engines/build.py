@@ -1,4 +1,5 @@
-"""The build step behind build_engines.py: export ONNX, build TensorRT plans, write manifest.json.
+"""The build step behind build_engines.py: export ONNX, build TensorRT plans (--target gpu) or convert
+to OpenVINO IR (--target cpu), write manifest.json.
 
 Every artefact carries a key, a hash of everything that decides its bytes (the model's fingerprint,
 library versions, profile, precision, GPU). A run whose keys match the manifest and whose files
@@ -20,9 +21,11 @@ import torch
 
 from engines.base import EngineUnavailable
 from engines.components import COMPONENTS, UNET, BuildRange, ComponentSpec, ModelDims
-from engines.hardware import GpuInfo, cuda_gpu
+from engines.hardware import GpuInfo, cpu_features, cuda_gpu
 from engines.manifest import MANIFEST_NAME, Artefact, ArtefactKind, ComponentEntry, Manifest, ManifestError, file_sha256, inputs_key
 from engines.onnx_export import EXPORT_FORMAT, OPSET, check_onnx, export_modules, export_onnx, files_with_hashes, model_dims
+from engines.openvino_export import OPENVINO_FORMAT, check_openvino, convert_to_openvino, openvino_version
+from engines.openvino_export import INSTALL_HINT as OPENVINO_INSTALL_HINT
 from engines.presets import SDXLComponents, known_fingerprint, load_components
 from engines.tensorrt_backend import INSTALL_HINT, build_plan, tensorrt_version, vae_precision
 
@@ -30,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 TIMING_CACHE = "timing.cache"
 PRECISIONS = ("fp16", "bf16", "fp32")
+TARGETS = ("gpu", "cpu")
 
 
 class BuildError(Exception):
@@ -43,6 +47,7 @@ class BuildRequest:
     build_range: BuildRange = BuildRange()
     precision: str = "fp16"  # the UNet's, in TensorRT; the VAE stays out of fp16
     onnx_only: bool = False
+    target: str = "gpu"  # gpu: ONNX + TensorRT plans; cpu: OpenVINO IR
     force: bool = False
     optimization_level: int = 3
     presets_dir: Path | None = None
@@ -63,7 +68,7 @@ class _Target:
     tensorrt: str
 
 
-def library_versions(tensorrt: str | None) -> dict[str, str | None]:
+def library_versions(tensorrt: str | None, openvino: str | None = None) -> dict[str, str | None]:
     versions: dict[str, str | None] = {}
     for package in ("torch", "diffusers", "onnx", "onnxruntime"):
         try:
@@ -71,11 +76,18 @@ def library_versions(tensorrt: str | None) -> dict[str, str | None]:
         except metadata.PackageNotFoundError:  # onnxruntime-gpu installs the module under another name
             versions[package] = metadata.version("onnxruntime-gpu") if package == "onnxruntime" else None
     versions["tensorrt"] = tensorrt
+    versions["openvino"] = openvino
     return versions
 
 
-def check_target(onnx_only: bool) -> _Target | None:
+def check_target(onnx_only: bool, target: str = "gpu") -> _Target | None:
     """Before any minute of work: can this machine build what was asked?"""
+    if target == "cpu":
+        if onnx_only:
+            raise BuildError("--onnx-only and --target cpu ask for different builds: give one of them")
+        if openvino_version() is None:
+            raise BuildError(f"--target cpu converts to OpenVINO, which is not installed: {OPENVINO_INSTALL_HINT}")
+        return None
     if onnx_only:
         return None
     gpu = cuda_gpu()
@@ -135,7 +147,10 @@ def build(request: BuildRequest) -> BuildReport:
     # 1. The machine, the previous build, the model.
     if request.precision not in PRECISIONS:
         raise BuildError(f"precision must be one of {', '.join(PRECISIONS)}, got {request.precision!r}")
-    target = check_target(request.onnx_only)
+    if request.target not in TARGETS:
+        raise BuildError(f"target must be one of {', '.join(TARGETS)}, got {request.target!r}")
+    target = check_target(request.onnx_only, request.target)
+    to_openvino = request.target == "cpu"
     previous = _previous_manifest(request.out)
     model = _Model(request)
     fingerprint = model.fingerprint
@@ -152,14 +167,19 @@ def build(request: BuildRequest) -> BuildReport:
         fingerprint=fingerprint,
         dims=dims,
         build_range=request.build_range,
-        versions=library_versions(None if target is None else target.tensorrt),
+        versions=library_versions(None if target is None else target.tensorrt, openvino_version() if to_openvino else None),
         gpu=None if target is None else target.gpu,
+        cpu=cpu_features() if to_openvino else None,
     )
     report = BuildReport(manifest)
     progress = _Progress(len(COMPONENTS) * (1 if target is None else 2))
     reusable = None if request.force else previous
     specs = dims.specs()
     for name in COMPONENTS:
+        if to_openvino:
+            ir = _openvino(reusable, request, model, specs[name], dims, manifest, progress, report)
+            manifest.components[name] = ComponentEntry(None, openvino=ir)
+            continue
         key = inputs_key(
             {
                 "component": name,
@@ -225,6 +245,47 @@ def _export(model: _Model, spec: ComponentSpec, dims: ModelDims, request: BuildR
         files=files_with_hashes(path.parent, request.out),
         key=key,
         details={"opset": OPSET, "check": check.to_json()},
+    )
+
+
+def _openvino(
+    previous: Manifest | None,
+    request: BuildRequest,
+    model: _Model,
+    spec: ComponentSpec,
+    dims: ModelDims,
+    manifest: Manifest,
+    progress: _Progress,
+    report: BuildReport,
+) -> Artefact:
+    """Convert one component to OpenVINO IR straight from torch (or reuse an intact earlier one)."""
+    key = inputs_key(
+        {
+            "component": spec.name,
+            "fingerprint": manifest.fingerprint,
+            "format": OPENVINO_FORMAT,
+            "versions": {k: manifest.versions[k] for k in ("torch", "diffusers", "openvino")},
+        }
+    )
+    what = f"converting {spec.name} to OpenVINO IR"
+    reused = _reuse(previous, request.out, spec.name, "openvino", key)
+    if reused is not None:
+        progress.skip(what)
+        report.reused.append(reused.path)
+        return reused
+    with progress.step(what):
+        module = model.modules[spec.name]
+        path = convert_to_openvino(module, spec, dims, request.out / f"{spec.name}.openvino")
+        check = check_openvino(path, module, spec, dims)
+    logger.info("%s in OpenVINO (f32) against torch: %s", spec.name, check.describe())
+    if not check.max_rel <= request.tolerance:
+        raise BuildError(f"the converted {spec.name} does not match torch: {check.describe()} (tolerance {request.tolerance:g})")
+    report.made.append(str(path.relative_to(request.out)))
+    return Artefact(
+        path=str(path.relative_to(request.out)),
+        files=files_with_hashes(path.parent, request.out),
+        key=key,
+        details={"weights": "fp16", "check": check.to_json()},
     )
 
 

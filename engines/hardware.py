@@ -19,6 +19,13 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def cpu_features() -> dict[str, object]:
+    """What a CPU build records: the features that decide OpenVINO's numerics and kernels."""
+    flags = cpu_flags()
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "bf16", "asimd")
+    return {"bf16": cpu_has_bf16(), "flags": sorted(f for f in wanted if f in flags), "cores": usable_cpu_count()}
+
+
 def cpu_has_bf16() -> bool:
     """Native bfloat16 arithmetic: AVX-512 BF16 or AMX on x86, the BF16 extension on Arm."""
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})

@@ -20,7 +20,9 @@ from engines.hardware import GpuInfo
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
-ArtefactKind = Literal["onnx", "plan"]
+ArtefactKind = Literal["onnx", "plan", "openvino"]
+# What build_engines.py needs besides --model and --out to make each kind again.
+BUILD_FLAGS: dict[str, str] = {"onnx": " --onnx-only", "plan": "", "openvino": " --target cpu"}
 
 
 class ManifestError(EngineUnavailable):
@@ -58,11 +60,12 @@ class Artefact:
 
 @dataclass
 class ComponentEntry:
-    onnx: Artefact
+    onnx: Artefact | None  # None in a --target cpu build, which converts from torch directly
     plan: Artefact | None = None
+    openvino: Artefact | None = None
 
     def artefact(self, kind: ArtefactKind) -> Artefact | None:
-        return self.onnx if kind == "onnx" else self.plan
+        return getattr(self, kind)
 
 
 @dataclass
@@ -71,8 +74,9 @@ class Manifest:
     fingerprint: str  # the model's fingerprint (hub revision or weights hash)
     dims: ModelDims
     build_range: BuildRange
-    versions: dict[str, str | None]  # torch, diffusers, onnx, onnxruntime, tensorrt (None: no plans)
+    versions: dict[str, str | None]  # torch, diffusers, onnx, onnxruntime, tensorrt, openvino (None: not used)
     gpu: GpuInfo | None = None  # where the plans were built; None for an ONNX-only build
+    cpu: dict[str, Any] | None = None  # a --target cpu build: the processor's features that decide numerics
     components: dict[str, ComponentEntry] = field(default_factory=dict)
 
     # --- files --------------------------------------------------------------------------------------
@@ -88,7 +92,10 @@ class Manifest:
             "range": self.build_range.to_json(),
             "versions": self.versions,
             "gpu": None if self.gpu is None else {"name": self.gpu.name, "compute_capability": self.gpu.compute_capability},
-            "components": {name: {"onnx": artefact(c.onnx), "plan": artefact(c.plan)} for name, c in self.components.items()},
+            "cpu": self.cpu,
+            "components": {
+                name: {kind: artefact(c.artefact(kind)) for kind in BUILD_FLAGS} for name, c in self.components.items()
+            },
         }
 
     @classmethod
@@ -103,9 +110,10 @@ class Manifest:
             build_range=BuildRange.from_json(data["range"]),
             versions=dict(data["versions"]),
             gpu=None if gpu is None else GpuInfo(gpu["name"], gpu["compute_capability"]),
+            cpu=data.get("cpu"),
             components={
                 name: ComponentEntry(
-                    Artefact.from_json(entry["onnx"]), None if entry.get("plan") is None else Artefact.from_json(entry["plan"])
+                    **{kind: None if entry.get(kind) is None else Artefact.from_json(entry[kind]) for kind in BUILD_FLAGS}
                 )
                 for name, entry in data["components"].items()
             },
@@ -122,10 +130,10 @@ class Manifest:
         os.replace(temporary, directory / MANIFEST_NAME)
 
     @classmethod
-    def read(cls, directory: Path, model: str = "MODEL", onnx_only: bool = False) -> Manifest:
-        """Raises ManifestError when there is no manifest or it cannot be read (`model`: for the hint)."""
+    def read(cls, directory: Path, model: str = "MODEL", kind: ArtefactKind = "plan") -> Manifest:
+        """Raises ManifestError when there is no manifest or it cannot be read (`model`, `kind`: for the hint)."""
         path = directory / MANIFEST_NAME
-        command = f"python build_engines.py --model {model} --out {directory}" + (" --onnx-only" if onnx_only else "")
+        command = f"python build_engines.py --model {model} --out {directory}" + BUILD_FLAGS[kind]
         if not path.is_file():
             raise ManifestError(f"no {MANIFEST_NAME} in {directory}: build the engines first with `{command}`")
         try:
@@ -135,7 +143,7 @@ class Manifest:
 
     # --- refusals -----------------------------------------------------------------------------------
 
-    def rebuild_command(self, directory: Path, onnx_only: bool = False, model: str | None = None) -> str:
+    def rebuild_command(self, directory: Path, kind: ArtefactKind = "plan", model: str | None = None) -> str:
         """The build_engines.py command line that makes this manifest's engines again (for `model`, if given)."""
         r = self.build_range
         parts = ["python build_engines.py", f"--model {model or self.model}", f"--out {directory}"]
@@ -145,18 +153,16 @@ class Manifest:
             parts.append("--sizes " + ",".join(f"{w}x{h}" for w, h in r.sizes))
         else:
             parts.append(f"--min-size {r.min_size[0]} --max-size {r.max_size[0]}")
-        if onnx_only:
-            parts.append("--onnx-only")
-        return "`" + " ".join(parts) + "`"
+        return "`" + " ".join(parts) + BUILD_FLAGS[kind] + "`"
 
-    def check_model(self, directory: Path, model: str, fingerprint: str | None, onnx_only: bool) -> None:
+    def check_model(self, directory: Path, model: str, fingerprint: str | None, kind: ArtefactKind) -> None:
         """Refuse engines made from another model; `fingerprint` None: only the name can be compared yet."""
         if model != self.model or (fingerprint is not None and fingerprint != self.fingerprint):
             theirs = f"{self.model} ({self.fingerprint})"
             ours = model if fingerprint is None else f"{model} ({fingerprint})"
             raise ManifestError(
                 f"the engines in {directory} were built for the model {theirs}, not {ours}; rebuild with "
-                + self.rebuild_command(directory, onnx_only, model)
+                + self.rebuild_command(directory, kind, model)
             )
 
     def check_tensorrt(self, directory: Path, gpu: GpuInfo, tensorrt_version: str) -> None:
@@ -180,7 +186,7 @@ class Manifest:
         if artefact is None:
             raise ManifestError(
                 f"{directory}/{MANIFEST_NAME} lists no {kind} file for {component}; rebuild with "
-                + self.rebuild_command(directory, onnx_only=kind == "onnx")
+                + self.rebuild_command(directory, kind)
             )
         return artefact
 
@@ -188,12 +194,12 @@ class Manifest:
         """Hash every file of every component's `kind` artefact against the manifest; refuse any difference."""
         for component in COMPONENTS:
             for relative, expected in self.artefact(directory, component, kind).files.items():
-                self.verify_file(directory, relative, expected, onnx_only=kind == "onnx")
+                self.verify_file(directory, relative, expected, kind)
 
-    def verify_file(self, directory: Path, relative: str, expected: str, onnx_only: bool, actual: str | None = None) -> None:
+    def verify_file(self, directory: Path, relative: str, expected: str, kind: ArtefactKind, actual: str | None = None) -> None:
         """Refuse a missing file or one whose SHA-256 (`actual`, or computed here) is not `expected`."""
         path = directory / relative
-        hint = "; rebuild with " + self.rebuild_command(directory, onnx_only)
+        hint = "; rebuild with " + self.rebuild_command(directory, kind)
         if actual is None:
             if not path.is_file():
                 raise ManifestError(f"{path} is listed in {MANIFEST_NAME} but missing{hint}")

@@ -77,7 +77,7 @@ class OnnxRuntimeEngine(PipelineEngine):
 
     def load(self) -> None:
         text_encoders, config, fingerprint = load_text_side(self.model, self.numerics, self.presets_dir)
-        self.manifest.check_model(self.engine_dir, self.model, fingerprint, onnx_only=True)
+        self.manifest.check_model(self.engine_dir, self.model, fingerprint, "onnx")
         specs = self.manifest.dims.specs()
         threads = usable_cpu_count()
         runners = {}

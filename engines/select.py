@@ -1,4 +1,4 @@
-"""--engine auto|torch|onnxruntime|tensorrt: which backend runs here, and why (for the log, /readyz and X-Engine).
+"""--engine auto|torch|onnxruntime|openvino|tensorrt: which backend runs here, and why (for the log, /readyz and X-Engine).
 
 Each compiled backend has one function, `<backend>_candidate(request)`, that returns its engine
 (built, not loaded) or the reason it cannot run here; `CANDIDATES` lists them by --engine name. A
@@ -15,6 +15,7 @@ from typing import Callable, Union
 
 from engines.base import EngineUnavailable, ImageEngine
 from engines.hardware import GpuInfo, cuda_gpu
+from engines.components import COMPONENTS
 from engines.manifest import ArtefactKind, Manifest, ManifestError
 from engines.presets import known_fingerprint
 
@@ -59,7 +60,7 @@ def probe_onnxruntime() -> str | None:
 
 def _check_model_and_files(request: EngineRequest, manifest: Manifest, kind: ArtefactKind) -> None:
     """Refuse engines of another model, and any `kind` file whose hash is not the manifest's."""
-    manifest.check_model(request.engine_dir, request.model, known_fingerprint(request.model), onnx_only=kind == "onnx")
+    manifest.check_model(request.engine_dir, request.model, known_fingerprint(request.model), kind)
     manifest.verify_files(request.engine_dir, kind)
 
 
@@ -89,7 +90,7 @@ def onnxruntime_candidate(request: EngineRequest) -> Candidate:
     if probe_onnxruntime() is None:
         return "onnxruntime is not installed (pip install '.[onnx]')"
     try:
-        manifest = Manifest.read(request.engine_dir, request.model, onnx_only=True)
+        manifest = Manifest.read(request.engine_dir, request.model, "onnx")
         _check_model_and_files(request, manifest, "onnx")
     except ManifestError as exc:
         return str(exc)
@@ -100,8 +101,34 @@ def onnxruntime_candidate(request: EngineRequest) -> Candidate:
     )
 
 
+def probe_openvino() -> str | None:
+    from engines.openvino_export import openvino_version
+
+    return openvino_version()
+
+
+def openvino_candidate(request: EngineRequest) -> Candidate:
+    if request.device == "cuda":
+        return "--device cuda asks for the GPU"
+    version = probe_openvino()
+    if version is None:
+        from engines.openvino_export import INSTALL_HINT
+
+        return f"OpenVINO is not installed ({INSTALL_HINT})"
+    try:
+        manifest = Manifest.read(request.engine_dir, request.model, "openvino")
+        manifest.artefact(request.engine_dir, COMPONENTS[0], "openvino")  # a --target cpu build at all?
+        _check_model_and_files(request, manifest, "openvino")
+    except ManifestError as exc:
+        return str(exc)
+    from engines.openvino_backend import OpenVINOEngine
+
+    return OpenVINOEngine(request.model, request.engine_dir, manifest, request.precision, request.presets_dir)
+
+
 CANDIDATES: dict[str, Callable[[EngineRequest], Candidate]] = {
     "tensorrt": tensorrt_candidate,
+    "openvino": openvino_candidate,
     "onnxruntime": onnxruntime_candidate,
 }
 
@@ -134,10 +161,16 @@ def select_engine(request: EngineRequest) -> ImageEngine:
 
 
 def _auto(request: EngineRequest) -> tuple[ImageEngine, str]:
-    """TensorRT when it can run here; else PyTorch (fp16 on a GPU; bf16 or fp32 on a CPU, where it
-    is faster than ONNX Runtime's fp32 graphs)."""
-    candidate = tensorrt_candidate(request)
-    if not isinstance(candidate, str):
-        return candidate, f"auto: the TensorRT plans in {request.engine_dir} match this GPU, this TensorRT and the model"
+    """TensorRT when it can run here; on a CPU, OpenVINO when a matching build exists; else PyTorch
+    (fp16 on a GPU; bf16 or fp32 on a CPU, where it is faster than ONNX Runtime's fp32 graphs)."""
+    tensorrt = tensorrt_candidate(request)
+    if not isinstance(tensorrt, str):
+        return tensorrt, f"auto: the TensorRT plans in {request.engine_dir} match this GPU, this TensorRT and the model"
+    reasons = [f"not TensorRT ({tensorrt})"]
+    if probe_gpu() is None or request.device == "cpu":
+        openvino = openvino_candidate(request)
+        if not isinstance(openvino, str):
+            return openvino, f"auto: {reasons[0]}; the OpenVINO IR in {request.engine_dir} matches the model"
+        reasons.append(f"not OpenVINO ({openvino})")
     engine = _torch(request)
-    return engine, f"auto: not TensorRT ({candidate}); {engine.info.name} is the fastest other path here"
+    return engine, f"auto: {'; '.join(reasons)}; {engine.info.name} is the fastest other path here"

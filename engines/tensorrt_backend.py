@@ -228,14 +228,14 @@ class TensorRTEngine(PipelineEngine):
 
     def load(self) -> None:
         text_encoders, config, fingerprint = load_text_side(self.model, self.numerics, self.presets_dir)
-        self.manifest.check_model(self.engine_dir, self.model, fingerprint, onnx_only=False)
+        self.manifest.check_model(self.engine_dir, self.model, fingerprint, "plan")
         plans = {}
         for name in COMPONENTS:
             artefact = self.manifest.artefact(self.engine_dir, name, "plan")
             plan = (self.engine_dir / artefact.path).read_bytes()
             # The bytes deserialized are the bytes hashed: no window for a swap after the check.
             self.manifest.verify_file(
-                self.engine_dir, artefact.path, artefact.files[artefact.path], onnx_only=False, actual=bytes_sha256(plan)
+                self.engine_dir, artefact.path, artefact.files[artefact.path], "plan", actual=bytes_sha256(plan)
             )
             plans[name] = plan
         self._plans = LoadedPlans(plans, self.manifest.dims.specs())

@@ -71,3 +71,12 @@ def onnx_engines(tmp_path_factory: pytest.TempPathFactory, presets_dir: Path) ->
     result = run_build_engines(["--model", "tiny", "--out", str(out), "--onnx-only", "--presets-dir", str(presets_dir)])
     assert result.returncode == 0, result.stderr
     return out
+
+
+@pytest.fixture(scope="session")
+def openvino_engines(tmp_path_factory: pytest.TempPathFactory, presets_dir: Path) -> Path:
+    """`build_engines.py --model tiny --target cpu` once per session; tests that change files copy it first."""
+    out = tmp_path_factory.mktemp("openvino-engines")
+    result = run_build_engines(["--model", "tiny", "--out", str(out), "--target", "cpu", "--presets-dir", str(presets_dir)])
+    assert result.returncode == 0, result.stderr
+    return out

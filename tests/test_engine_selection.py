@@ -42,7 +42,12 @@ def choose(engine: str, engine_dir: Path, model: str = "tiny", device: str = "au
 def test_auto_on_a_cpu_takes_pytorch_and_says_why(machine, engine_dir: Path) -> None:
     engine = choose("auto", engine_dir)
     assert engine.info.name.startswith("torch-")
-    assert engine.info.selection_reason == f"auto: not TensorRT (no CUDA GPU is visible); {engine.info.name} is the fastest other path here"
+    assert engine.info.selection_reason == (
+        "auto: not TensorRT (no CUDA GPU is visible); not OpenVINO "
+        f"({engine_dir}/manifest.json lists no openvino file for unet; rebuild with "
+        f"`python build_engines.py --model tiny --out {engine_dir} --batch 1-4 --sizes 512x512,768x768 --target cpu`); "
+        f"{engine.info.name} is the fastest other path here"
+    )
 
 
 def test_auto_without_tensorrt_installed(machine, engine_dir: Path) -> None:
@@ -139,7 +144,12 @@ def test_onnxruntime_without_engines_says_how_to_build_them(machine, tmp_path: P
 
 
 def test_an_engine_this_build_lacks(machine, engine_dir: Path) -> None:
-    with pytest.raises(EngineUnavailable, match="--engine openvino is not available in this build"):
+    with pytest.raises(EngineUnavailable, match="--engine magic is not available in this build"):
+        choose("magic", engine_dir)
+
+
+def test_openvino_asked_for_without_a_cpu_build_says_how_to_make_one(machine, engine_dir: Path) -> None:
+    with pytest.raises(EngineUnavailable, match="--engine openvino cannot run here: .* --target cpu`"):
         choose("openvino", engine_dir)
 
 

@@ -80,9 +80,9 @@ def test_the_bytes_in_hand_are_checked_not_the_file(engines) -> None:
     """The TensorRT backend hashes the plan bytes it deserializes."""
     directory, manifest = engines
     expected = manifest.components["unet"].plan.files["unet.plan"]
-    manifest.verify_file(directory, "unet.plan", expected, onnx_only=False, actual=bytes_sha256(b"plan of unet"))
+    manifest.verify_file(directory, "unet.plan", expected, "plan", actual=bytes_sha256(b"plan of unet"))
     with pytest.raises(ManifestError, match="does not match"):
-        manifest.verify_file(directory, "unet.plan", expected, onnx_only=False, actual=bytes_sha256(b"swapped"))
+        manifest.verify_file(directory, "unet.plan", expected, "plan", actual=bytes_sha256(b"swapped"))
 
 
 def test_the_same_gpu_and_tensorrt_pass(engines) -> None:
@@ -124,7 +124,7 @@ def test_an_onnx_only_build_has_no_plans_to_run(tmp_path: Path) -> None:
 def test_another_model_is_refused(engines) -> None:
     directory, manifest = engines
     with pytest.raises(ManifestError) as refused:
-        manifest.check_model(directory, "sdxl-random", "preset:sdxl-random-seed0", onnx_only=False)
+        manifest.check_model(directory, "sdxl-random", "preset:sdxl-random-seed0", "plan")
     message = str(refused.value)
     assert "built for the model tiny (preset:tiny-v1-seed0), not sdxl-random (preset:sdxl-random-seed0)" in message
     assert "python build_engines.py --model sdxl-random --out" in message
@@ -133,14 +133,14 @@ def test_another_model_is_refused(engines) -> None:
 def test_the_same_name_with_other_weights_is_refused(engines) -> None:
     directory, manifest = engines
     with pytest.raises(ManifestError, match="not tiny \\(sha256:other\\)"):
-        manifest.check_model(directory, "tiny", "sha256:other", onnx_only=True)
-    manifest.check_model(directory, "tiny", None, onnx_only=True)  # weights not known yet: the name decides
-    manifest.check_model(directory, "tiny", "preset:tiny-v1-seed0", onnx_only=True)
+        manifest.check_model(directory, "tiny", "sha256:other", "onnx")
+    manifest.check_model(directory, "tiny", None, "onnx")  # weights not known yet: the name decides
+    manifest.check_model(directory, "tiny", "preset:tiny-v1-seed0", "onnx")
 
 
 def test_no_manifest_says_how_to_build_one(tmp_path: Path) -> None:
     with pytest.raises(ManifestError) as refused:
-        Manifest.read(tmp_path, "tiny", onnx_only=True)
+        Manifest.read(tmp_path, "tiny", "onnx")
     assert str(refused.value) == (
         f"no manifest.json in {tmp_path}: build the engines first with "
         f"`python build_engines.py --model tiny --out {tmp_path} --onnx-only`"

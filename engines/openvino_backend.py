@@ -1,0 +1,78 @@
+"""OpenVINO: the UNet and VAE decoder IR from `build_engines.py --target cpu` as the loop's runners.
+
+The CPU path at the silicon's limit: OpenVINO compiles the graphs for this processor, in bf16 where
+it has native bf16 (AVX-512 BF16, AMX), else f32. The text encoders stay in PyTorch (a few percent
+of an image).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engines.base import EngineLimits
+from engines.components import UNET, VAE_DECODER, ComponentSpec
+from engines.manifest import Manifest
+from engines.openvino_export import compile_for_cpu, inference_precision
+from engines.pipeline import SDXLTurboPipeline
+from engines.pipeline_engine import PipelineEngine
+from engines.torch_backend import choose_numerics, load_text_side, per_item
+
+logger = logging.getLogger(__name__)
+
+
+class OpenVINORunner:
+    """One compiled component: float32 torch tensors in and out, one batch item at a time.
+
+    Item by item for the same reason as the torch CPU runners (`per_item`): a request's bytes must not
+    depend on its batch-mates, and a CPU gains nothing from a batch.
+    """
+
+    def __init__(self, compiled: Any, spec: ComponentSpec) -> None:
+        self.spec = spec
+        self.request = compiled.create_infer_request()
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if len(inputs) != len(self.spec.inputs):
+            raise TypeError(f"{self.spec.name} takes {len(self.spec.inputs)} tensors, got {len(inputs)}")
+        return per_item(self._run, *inputs)
+
+    def _run(self, *inputs: torch.Tensor) -> torch.Tensor:
+        feeds = [np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy()) for t in inputs]
+        output = self.request.infer(feeds)[0]
+        return torch.from_numpy(np.array(output, dtype=np.float32, copy=True))
+
+
+class OpenVINOEngine(PipelineEngine):
+    """SDXL Turbo with the OpenVINO IR that build_engines.py --target cpu converted."""
+
+    def __init__(
+        self,
+        model: str,
+        engine_dir: Path,
+        manifest: Manifest,
+        precision: str = "auto",
+        presets_dir: Path | None = None,
+        selection_reason: str = "",
+    ) -> None:
+        self.model, self.engine_dir, self.manifest, self.presets_dir = model, engine_dir, manifest, presets_dir
+        self.precision = inference_precision(precision)
+        # Text encoders in torch with the same arithmetic (bf16 or fp32) on the CPU.
+        self.numerics = choose_numerics("cpu", "bf16" if self.precision == "bf16" else "fp32")
+        super().__init__(f"openvino-cpu-{self.precision}", EngineLimits(size_multiple=manifest.dims.size_multiple), selection_reason)
+
+    def load(self) -> None:
+        text_encoders, config, fingerprint = load_text_side(self.model, self.numerics, self.presets_dir)
+        self.manifest.check_model(self.engine_dir, self.model, fingerprint, "openvino")
+        specs = self.manifest.dims.specs()
+        runners = {}
+        for name in (UNET, VAE_DECODER):
+            path = self.engine_dir / self.manifest.artefact(self.engine_dir, name, "openvino").path
+            runners[name] = OpenVINORunner(compile_for_cpu(path, self.precision), specs[name])
+        self._pipeline = SDXLTurboPipeline(text_encoders, runners[UNET], runners[VAE_DECODER], config, "cpu")
+        self.info.model_fingerprint = fingerprint
+        logger.info("loaded OpenVINO IR from %s (%s)", self.engine_dir, self.info.name)

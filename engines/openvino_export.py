@@ -1,0 +1,95 @@
+"""torch -> OpenVINO IR for the UNet and the VAE decoder, and a numerical check of the result.
+
+The conversion reads the same export wrappers as the ONNX path (the runners' signatures, float32,
+names and dynamic axes from `engines.components`), straight from torch: no multi-GB ONNX file on the
+way, and the converter shares the torch weights instead of copying them. Weights are stored as
+fp16 (half the disk); the CPU plugin turns them into bf16 or f32 when it compiles.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engines.components import ComponentSpec, ModelDims
+from engines.hardware import cpu_has_bf16, usable_cpu_count
+from engines.onnx_export import NumericCheck, check_size, compare, trace_size
+
+logger = logging.getLogger(__name__)
+
+IR_FILE = "model.xml"  # its weights sit beside it in model.bin
+# Bump when the conversion changes: it is part of every OpenVINO artefact's key.
+OPENVINO_FORMAT = 1
+INSTALL_HINT = "pip install '.[openvino]'"
+
+
+def openvino_version() -> str | None:
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return str(openvino.get_version())
+
+
+def inference_precision(precision: str = "auto") -> str:
+    """OpenVINO's name for the CPU's arithmetic: bf16 where the processor has it natively, else f32."""
+    if precision == "auto":
+        return "bf16" if cpu_has_bf16() else "f32"
+    return {"bf16": "bf16", "fp32": "f32", "f32": "f32"}[precision]
+
+
+def compile_for_cpu(path: Path, precision: str) -> Any:
+    """Compile an IR for this CPU: latency first (one request at a time), every core we may use."""
+    import openvino as ov
+
+    config = {
+        "INFERENCE_PRECISION_HINT": precision,
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": usable_cpu_count(),
+    }
+    return ov.Core().compile_model(str(path), "CPU", config)
+
+
+def convert_to_openvino(module: torch.nn.Module, spec: ComponentSpec, dims: ModelDims, directory: Path) -> Path:
+    """Convert `module` into `directory`/model.xml + model.bin; returns the IR's path (written atomically)."""
+    import openvino as ov
+
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    try:
+        width, height = trace_size(dims)
+        samples = spec.sample_inputs(batch=2, width=width, height=height)
+        shapes = [ov.PartialShape([-1 if isinstance(d, str) else d for d in t.shape]) for t in spec.inputs]
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # diffusers branches on shapes in Python
+            model = ov.convert_model(
+                module, example_input=tuple(samples[name] for name in spec.input_names), input=shapes
+            )
+        for port, name in zip(model.outputs, spec.output_names):
+            port.get_tensor().set_names({name})
+        ov.save_model(model, str(staging / IR_FILE), compress_to_fp16=True)
+        del model
+        staging.chmod(0o755)  # mkdtemp makes it private; the service may run as another user
+        if directory.exists():
+            shutil.rmtree(directory)
+        staging.rename(directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory / IR_FILE
+
+
+def check_openvino(path: Path, module: torch.nn.Module, spec: ComponentSpec, dims: ModelDims) -> NumericCheck:
+    """Run the IR at f32 on the CPU and torch on the same inputs (at a size unlike the traced one)."""
+    width, height = check_size(dims)
+    samples = spec.sample_inputs(batch=1, width=width, height=height, seed=1)
+    with torch.no_grad():
+        expected = module(*(samples[name] for name in spec.input_names)).float().numpy()
+    compiled = compile_for_cpu(path, "f32")
+    actual = compiled([samples[name].numpy() for name in spec.input_names])[0]
+    return compare(actual, expected)
