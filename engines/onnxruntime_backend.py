@@ -76,8 +76,8 @@ class OnnxRuntimeEngine(PipelineEngine):
         super().__init__(name, EngineLimits(size_multiple=manifest.dims.size_multiple), selection_reason)
 
     def load(self) -> None:
-        text_encoders, config, fingerprint = load_text_side(self.model, self.numerics, self.presets_dir)
-        self.manifest.check_model(self.engine_dir, self.model, fingerprint, "onnx")
+        side = load_text_side(self.model, self.numerics, self.presets_dir)
+        self.manifest.check_model(self.engine_dir, self.model, side.fingerprint, "onnx")
         specs = self.manifest.dims.specs()
         threads = usable_cpu_count()
         runners = {}
@@ -85,6 +85,8 @@ class OnnxRuntimeEngine(PipelineEngine):
             path = self.engine_dir / self.manifest.artefact(self.engine_dir, name, "onnx").path
             session = onnxruntime_session(path, self.providers, threads)
             runners[name] = OnnxRuntimeRunner(session, specs[name], self.numerics.device, self.numerics.splits_batches)
-        self._pipeline = SDXLTurboPipeline(text_encoders, runners[UNET], runners[VAE_DECODER], config, self.numerics.device)
-        self.info.model_fingerprint = fingerprint
+        self._pipeline = SDXLTurboPipeline(
+            side.text_encoders, runners[UNET], runners[VAE_DECODER], side.config, self.numerics.device
+        )
+        self.info.model_fingerprint = side.fingerprint
         logger.info("loaded ONNX graphs from %s with %s (%s)", self.engine_dir, ", ".join(self.providers), self.info.name)

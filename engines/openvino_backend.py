@@ -20,7 +20,7 @@ from engines.manifest import Manifest
 from engines.openvino_export import compile_for_cpu, inference_precision
 from engines.pipeline import SDXLTurboPipeline
 from engines.pipeline_engine import PipelineEngine
-from engines.torch_backend import choose_numerics, load_text_side, per_item
+from engines.torch_backend import choose_numerics, load_text_side, per_item, vae_suffix
 
 logger = logging.getLogger(__name__)
 
@@ -58,21 +58,26 @@ class OpenVINOEngine(PipelineEngine):
         precision: str = "auto",
         presets_dir: Path | None = None,
         selection_reason: str = "",
+        vae: str = "full",
     ) -> None:
         self.model, self.engine_dir, self.manifest, self.presets_dir = model, engine_dir, manifest, presets_dir
+        self.vae = vae
         self.precision = inference_precision(precision)
         # Text encoders in torch with the same arithmetic (bf16 or fp32) on the CPU.
         self.numerics = choose_numerics("cpu", "bf16" if self.precision == "bf16" else "fp32")
-        super().__init__(f"openvino-cpu-{self.precision}", EngineLimits(size_multiple=manifest.dims.size_multiple), selection_reason)
+        super().__init__(f"openvino-cpu-{self.precision}{vae_suffix(vae)}", EngineLimits(size_multiple=manifest.dims.size_multiple), selection_reason)
 
     def load(self) -> None:
-        text_encoders, config, fingerprint = load_text_side(self.model, self.numerics, self.presets_dir)
-        self.manifest.check_model(self.engine_dir, self.model, fingerprint, "openvino")
+        side = load_text_side(self.model, self.numerics, self.presets_dir, self.vae)
+        self.manifest.check_model(self.engine_dir, self.model, side.fingerprint, "openvino")
         specs = self.manifest.dims.specs()
-        runners = {}
-        for name in (UNET, VAE_DECODER):
+
+        def compiled(name: str) -> OpenVINORunner:
             path = self.engine_dir / self.manifest.artefact(self.engine_dir, name, "openvino").path
-            runners[name] = OpenVINORunner(compile_for_cpu(path, self.precision), specs[name])
-        self._pipeline = SDXLTurboPipeline(text_encoders, runners[UNET], runners[VAE_DECODER], config, "cpu")
-        self.info.model_fingerprint = fingerprint
+            return OpenVINORunner(compile_for_cpu(path, self.precision), specs[name])
+
+        # With --vae tiny the tiny autoencoder decodes in torch (bf16 where the CPU has it).
+        vae_decoder = side.tiny_vae or compiled(VAE_DECODER)
+        self._pipeline = SDXLTurboPipeline(side.text_encoders, compiled(UNET), vae_decoder, side.config, "cpu")
+        self.info.model_fingerprint = side.fingerprint
         logger.info("loaded OpenVINO IR from %s (%s)", self.engine_dir, self.info.name)

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from engines.base import EngineUnavailable
 from engines.components import ComponentSpec, ModelDims
 from engines.hardware import cpu_has_bf16, usable_cpu_count
 from engines.onnx_export import NumericCheck, check_size, compare, trace_size
@@ -41,7 +42,9 @@ def inference_precision(precision: str = "auto") -> str:
     """OpenVINO's name for the CPU's arithmetic: bf16 where the processor has it natively, else f32."""
     if precision == "auto":
         return "bf16" if cpu_has_bf16() else "f32"
-    return {"bf16": "bf16", "fp32": "f32", "f32": "f32"}[precision]
+    if precision not in ("bf16", "fp32"):
+        raise EngineUnavailable(f"--precision {precision} is not an OpenVINO CPU precision: use bf16, fp32 or auto")
+    return {"bf16": "bf16", "fp32": "f32"}[precision]
 
 
 def compile_for_cpu(path: Path, precision: str) -> Any:

@@ -32,6 +32,7 @@ class EngineRequest:
     device: str = "auto"
     precision: str = "auto"
     presets_dir: Path | None = None
+    vae: str = "full"  # full | tiny (the tiny autoencoder: torch and openvino engines)
 
 
 # --- the machine --------------------------------------------------------------------------------------
@@ -64,7 +65,12 @@ def _check_model_and_files(request: EngineRequest, manifest: Manifest, kind: Art
     manifest.verify_files(request.engine_dir, kind)
 
 
+TINY_VAE_ENGINES = "--vae tiny runs on the torch and openvino engines"
+
+
 def tensorrt_candidate(request: EngineRequest) -> Candidate:
+    if request.vae == "tiny":
+        return TINY_VAE_ENGINES
     if request.device == "cpu":
         return "--device cpu asks for the CPU"
     gpu = probe_gpu()
@@ -87,6 +93,8 @@ def tensorrt_candidate(request: EngineRequest) -> Candidate:
 
 
 def onnxruntime_candidate(request: EngineRequest) -> Candidate:
+    if request.vae == "tiny":
+        return TINY_VAE_ENGINES
     if probe_onnxruntime() is None:
         return "onnxruntime is not installed (pip install '.[onnx]')"
     try:
@@ -123,7 +131,9 @@ def openvino_candidate(request: EngineRequest) -> Candidate:
         return str(exc)
     from engines.openvino_backend import OpenVINOEngine
 
-    return OpenVINOEngine(request.model, request.engine_dir, manifest, request.precision, request.presets_dir)
+    return OpenVINOEngine(
+        request.model, request.engine_dir, manifest, request.precision, request.presets_dir, vae=request.vae
+    )
 
 
 CANDIDATES: dict[str, Callable[[EngineRequest], Candidate]] = {
@@ -136,7 +146,7 @@ CANDIDATES: dict[str, Callable[[EngineRequest], Candidate]] = {
 def _torch(request: EngineRequest) -> ImageEngine:
     from engines.torch_backend import TorchEngine
 
-    return TorchEngine(request.model, request.device, request.precision, request.presets_dir)
+    return TorchEngine(request.model, request.device, request.precision, request.presets_dir, vae=request.vae)
 
 
 # --- the choice -----------------------------------------------------------------------------------------

@@ -227,8 +227,8 @@ class TensorRTEngine(PipelineEngine):
         self._stream: torch.cuda.Stream | None = None
 
     def load(self) -> None:
-        text_encoders, config, fingerprint = load_text_side(self.model, self.numerics, self.presets_dir)
-        self.manifest.check_model(self.engine_dir, self.model, fingerprint, "plan")
+        side = load_text_side(self.model, self.numerics, self.presets_dir)
+        self.manifest.check_model(self.engine_dir, self.model, side.fingerprint, "plan")
         plans = {}
         for name in COMPONENTS:
             artefact = self.manifest.artefact(self.engine_dir, name, "plan")
@@ -241,8 +241,8 @@ class TensorRTEngine(PipelineEngine):
         self._plans = LoadedPlans(plans, self.manifest.dims.specs())
         self._stream = torch.cuda.Stream()  # not the default stream: TensorRT synchronises on that one
         runners = self._plans.runners
-        self._pipeline = SDXLTurboPipeline(text_encoders, runners[UNET], runners[VAE_DECODER], config, "cuda")
-        self.info.model_fingerprint = fingerprint
+        self._pipeline = SDXLTurboPipeline(side.text_encoders, runners[UNET], runners[VAE_DECODER], side.config, "cuda")
+        self.info.model_fingerprint = side.fingerprint
         logger.info("loaded TensorRT plans from %s (%s)", self.engine_dir, self.info.name)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[np.ndarray]:

@@ -20,6 +20,9 @@ from engines.text_encoders import TorchTextEncoders
 logger = logging.getLogger(__name__)
 
 
+PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
 @dataclass(frozen=True)
 class TorchNumerics:
     device: torch.device
@@ -33,9 +36,8 @@ class TorchNumerics:
 
     @property
     def label(self) -> str:
-        names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-        label = f"{self.device.type}-{names[self.dtype]}"
-        return label if self.vae_dtype == self.dtype else f"{label}-vae-{names[self.vae_dtype]}"
+        label = f"{self.device.type}-{PRECISION_NAMES[self.dtype]}"
+        return label if self.vae_dtype == self.dtype else f"{label}-vae-{PRECISION_NAMES[self.vae_dtype]}"
 
 
 def choose_numerics(device: str = "auto", precision: str = "auto") -> TorchNumerics:
@@ -138,27 +140,51 @@ def build_torch_pipeline(components: SDXLComponents, numerics: TorchNumerics) ->
     return SDXLTurboPipeline(
         torch_text_encoders(components, numerics),
         TorchUNet(_place(components.unet, device, numerics.dtype), numerics.dtype, numerics.splits_batches),
-        TorchVAEDecoder(_place(components.vae, device, numerics.vae_dtype), numerics.vae_dtype, numerics.splits_batches),
+        torch_vae_decoder(components, numerics),
         pipeline_config(components),
         device,
     )
 
 
-def load_text_side(
-    model: str, numerics: TorchNumerics, presets_dir: Path | None
-) -> tuple[TorchTextEncoders, PipelineConfig, str]:
-    """For compiled backends: the text encoders, the loop's config and the model's fingerprint.
+def torch_vae_decoder(components: SDXLComponents, numerics: TorchNumerics) -> TorchVAEDecoder:
+    """The SDXL VAE never in fp16 (it overflows); the tiny autoencoder is safe in the engine's own dtype."""
+    dtype = numerics.dtype if components.tiny_vae else numerics.vae_dtype
+    return TorchVAEDecoder(_place(components.vae, numerics.device, dtype), dtype, numerics.splits_batches)
 
-    The UNet and the VAE load too (one loading path for every source) and are dropped here: the
+
+def vae_suffix(vae: str) -> str:
+    """Engine names say when the tiny autoencoder decodes: a different picture, a different cache key."""
+    return "-taesd" if vae == "tiny" else ""
+
+
+@dataclass
+class TorchSide:
+    """What a compiled backend takes from PyTorch."""
+
+    text_encoders: TorchTextEncoders
+    config: PipelineConfig
+    fingerprint: str
+    tiny_vae: TorchVAEDecoder | None  # with --vae tiny: the decoder, which no build compiles
+
+
+def load_text_side(model: str, numerics: TorchNumerics, presets_dir: Path | None, vae: str = "full") -> TorchSide:
+    """For compiled backends: the text encoders, the loop's config, the model's fingerprint, and the
+    tiny autoencoder when asked for.
+
+    The UNet and the SDXL VAE load too (one loading path for every source) and are dropped here: the
     compiled engines replace them.
     """
     use_all_cores(numerics)
-    components = load_components(model, numerics.dtype, presets_dir)
-    text_encoders = torch_text_encoders(components, numerics)
-    config, fingerprint = pipeline_config(components), components.fingerprint
+    components = load_components(model, numerics.dtype, presets_dir, vae)
+    side = TorchSide(
+        torch_text_encoders(components, numerics),
+        pipeline_config(components),
+        components.fingerprint,
+        torch_vae_decoder(components, numerics) if components.tiny_vae else None,
+    )
     del components
     gc.collect()
-    return text_encoders, config, fingerprint
+    return side
 
 
 class TorchEngine(PipelineEngine):
@@ -172,15 +198,18 @@ class TorchEngine(PipelineEngine):
         presets_dir: Path | None = None,
         selection_reason: str = "",
         limits: EngineLimits | None = None,
+        vae: str = "full",
     ) -> None:
-        self.model = model
+        self.model, self.vae = model, vae
         self.numerics = choose_numerics(device, precision)
         self.presets_dir = presets_dir
-        super().__init__(f"torch-{self.numerics.label}", limits or EngineLimits(), selection_reason)
+        # The tiny autoencoder runs in the engine's own dtype: no separate VAE precision to name.
+        label = self.numerics.label if vae == "full" else f"{self.numerics.device.type}-{PRECISION_NAMES[self.numerics.dtype]}"
+        super().__init__(f"torch-{label}{vae_suffix(vae)}", limits or EngineLimits(), selection_reason)
 
     def load(self) -> None:
         use_all_cores(self.numerics)
-        components = load_components(self.model, self.numerics.dtype, self.presets_dir)
+        components = load_components(self.model, self.numerics.dtype, self.presets_dir, self.vae)
         self.info.model_fingerprint = components.fingerprint
         self._pipeline = build_torch_pipeline(components, self.numerics)
         logger.info("loaded %s as %s (%s)", self.model, self.info.name, components.fingerprint)

@@ -63,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 device=settings.device,
                 precision=settings.precision,
                 presets_dir=settings.presets_dir,
+                vae=settings.vae,
             )
         )
     except EngineUnavailable as exc:

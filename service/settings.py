@@ -38,6 +38,7 @@ class Settings:
     engine_dir: Path = Path("build/engines")
     device: str = "auto"
     precision: str = "auto"
+    vae: str = "full"
     host: str = "127.0.0.1"
     port: int = 5000
     cache_dir: Path = dataclasses.field(default_factory=_default_cache_dir)
@@ -98,6 +99,7 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "engine_dir": (Path, "where build_engines.py wrote engines and manifest.json"),
     "device": (_choice(("auto", "cpu", "cuda")), "where PyTorch runs; cpu also keeps auto and onnxruntime off the GPU"),
     "precision": (_choice(("auto", "fp32", "bf16", "fp16")), "torch precision; auto: fp16 on CUDA, bf16 on CPUs that have it, else fp32"),
+    "vae": (_choice(("full", "tiny")), "full: the SDXL VAE; tiny: the tiny autoencoder (TAESD-XL), fast previews"),
     "host": (_nonempty, "address to listen on"),
     "port": (_bounded(int, 1, 65535), "port to listen on"),
     "cache_dir": (Path, "image cache directory (private to the service user)"),
