@@ -9,7 +9,6 @@ is built in memory in the dtype it runs in, since 10 GB of random weights are no
 from __future__ import annotations
 
 import contextlib
-import gc
 import hashlib
 import json
 import logging
@@ -46,12 +45,13 @@ class SDXLComponents:
     tokenizer_2: Any
     text_encoder: torch.nn.Module
     text_encoder_2: torch.nn.Module
-    unet: torch.nn.Module
-    vae: torch.nn.Module
+    unet: torch.nn.Module | None  # None when loaded for the text side only
+    vae: torch.nn.Module | None
     scheduler_config: dict[str, Any]
     fingerprint: str
     force_zeros_for_empty_prompt: bool = True
     tiny_vae: bool = False  # `vae` is the tiny autoencoder (TAESD-XL), not the SDXL VAE
+    vae_scaling_factor: float = 0.13025  # the decoder's: latents / factor go into it
 
 
 def architecture() -> dict[str, Any]:
@@ -64,33 +64,38 @@ def default_presets_dir() -> Path:
 
 
 def load_components(
-    model: str, dtype: torch.dtype, presets_dir: Path | None = None, vae: str = "full"
+    model: str, dtype: torch.dtype, presets_dir: Path | None = None, vae: str = "full", text_only: bool = False
 ) -> SDXLComponents:
     """Resolve `model` (preset name, local directory or hub id) and load it in `dtype`.
 
-    vae="tiny" swaps the SDXL VAE for the tiny autoencoder (TAESD-XL): about 18 times less decoder
-    work, softer images, for previews and real-time use.
+    vae="tiny" loads the tiny autoencoder (TAESD-XL) instead of the SDXL VAE: about 18 times less
+    decoder work, softer images, for previews and real-time use. text_only=True leaves out the UNet
+    and the SDXL VAE (compiled backends bring their own): gigabytes never read.
     """
-    components = _load_components(model, dtype, presets_dir)
+    parts = {"text"} | (set() if text_only else {"unet"}) | ({"vae"} if vae == "full" and not text_only else set())
+    components = _load_components(model, dtype, presets_dir, frozenset(parts))
     if vae == "tiny":
         components.vae = load_tiny_autoencoder(model, dtype)
         components.tiny_vae = True
-        gc.collect()  # the SDXL VAE it replaces
+        components.vae_scaling_factor = float(components.vae.config.scaling_factor)
     return components
 
 
-def _load_components(model: str, dtype: torch.dtype, presets_dir: Path | None) -> SDXLComponents:
+ALL_PARTS = frozenset({"text", "unet", "vae"})
+
+
+def _load_components(model: str, dtype: torch.dtype, presets_dir: Path | None, parts: frozenset[str]) -> SDXLComponents:
     if model == "sdxl-random":
-        return build_sdxl_random(dtype)
+        return build_sdxl_random(dtype, parts)
     if model == "tiny":
         directory = ensure_tiny_directory(presets_dir or default_presets_dir())
-        return load_components_from_directory(directory, dtype, fingerprint=tiny_fingerprint())
+        return load_components_from_directory(directory, dtype, tiny_fingerprint(), parts)
     if Path(model).is_dir():
-        return load_components_from_directory(Path(model), dtype)
+        return load_components_from_directory(Path(model), dtype, None, parts)
     if Path(model).exists() or model.startswith((".", "/")):
         raise EngineUnavailable(f"model: {model!r} is not a directory holding a diffusers pipeline")
     directory, fingerprint = download_from_hub(model)
-    return load_components_from_directory(directory, dtype, fingerprint=fingerprint)
+    return load_components_from_directory(directory, dtype, fingerprint, parts)
 
 
 # --- files: hub snapshots and local directories ------------------------------------------------
@@ -133,9 +138,12 @@ def _weights_variant(directory: Path, subfolder: str) -> str | None:
 
 
 def load_components_from_directory(
-    directory: Path, dtype: torch.dtype, fingerprint: str | None = None
+    directory: Path, dtype: torch.dtype, fingerprint: str | None = None, parts: frozenset[str] = ALL_PARTS
 ) -> SDXLComponents:
-    """The real loading path: diffusers/transformers `from_pretrained`, safetensors only, no remote code."""
+    """The real loading path: diffusers/transformers `from_pretrained`, safetensors only, no remote code.
+
+    `parts` ("text", "unet", "vae") says which weights to read; the text side is always read.
+    """
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -165,11 +173,12 @@ def load_components_from_directory(
         tokenizer_2=CLIPTokenizer.from_pretrained(directory, subfolder="tokenizer_2"),
         text_encoder=transformers_model(CLIPTextModel, "text_encoder"),
         text_encoder_2=transformers_model(CLIPTextModelWithProjection, "text_encoder_2"),
-        unet=diffusers_model(UNet2DConditionModel, "unet"),
-        vae=diffusers_model(AutoencoderKL, "vae"),
+        unet=diffusers_model(UNet2DConditionModel, "unet") if "unet" in parts else None,
+        vae=diffusers_model(AutoencoderKL, "vae") if "vae" in parts else None,
         scheduler_config=scheduler_config,
         fingerprint=fingerprint or hash_directory(directory),
         force_zeros_for_empty_prompt=bool(model_index.get("force_zeros_for_empty_prompt", True)),
+        vae_scaling_factor=float(json.loads((directory / "vae" / "config.json").read_text())["scaling_factor"]),
     )
 
 
@@ -345,10 +354,11 @@ def build_tiny_components() -> SDXLComponents:
         vae=vae,
         scheduler_config=scheduler_config(),
         fingerprint=tiny_fingerprint(),
+        vae_scaling_factor=float(vae.config.scaling_factor),
     )
 
 
-def build_sdxl_random(dtype: torch.dtype) -> SDXLComponents:
+def build_sdxl_random(dtype: torch.dtype, parts: frozenset[str] = ALL_PARTS) -> SDXLComponents:
     """The full SDXL Turbo architecture with random weights: noise images, the real model's compute.
 
     The tokenizers are the tiny preset's byte-level ones: token ids stay in range, and the cost of a
@@ -366,8 +376,9 @@ def build_sdxl_random(dtype: torch.dtype) -> SDXLComponents:
     with _default_dtype(dtype):
         text_encoder = CLIPTextModel(CLIPTextConfig(**without_class("text_encoder"))).eval()
         text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**without_class("text_encoder_2"))).eval()
-        unet = UNet2DConditionModel(**without_class("unet")).eval()
-        vae = AutoencoderKL(**without_class("vae")).eval()
+        # Built after the text encoders, so their random weights do not depend on `parts`.
+        unet = UNet2DConditionModel(**without_class("unet")).eval() if "unet" in parts else None
+        vae = AutoencoderKL(**without_class("vae")).eval() if "vae" in parts else None
     return SDXLComponents(
         tokenizer=build_byte_level_tokenizer(pad_token="<|endoftext|>"),
         tokenizer_2=build_byte_level_tokenizer(pad_token="!"),
@@ -377,4 +388,5 @@ def build_sdxl_random(dtype: torch.dtype) -> SDXLComponents:
         vae=vae,
         scheduler_config=scheduler_config(),
         fingerprint=sdxl_random_fingerprint(),
+        vae_scaling_factor=float(arch["vae"]["scaling_factor"]),
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,7 +128,7 @@ def torch_text_encoders(components: SDXLComponents, numerics: TorchNumerics) -> 
 def pipeline_config(components: SDXLComponents) -> PipelineConfig:
     return PipelineConfig(
         scheduler_config=components.scheduler_config,
-        vae_scaling_factor=components.vae.config.scaling_factor,
+        vae_scaling_factor=components.vae_scaling_factor,
         force_zeros_for_empty_prompt=components.force_zeros_for_empty_prompt,
     )
 
@@ -171,19 +170,16 @@ def load_text_side(model: str, numerics: TorchNumerics, presets_dir: Path | None
     """For compiled backends: the text encoders, the loop's config, the model's fingerprint, and the
     tiny autoencoder when asked for.
 
-    The UNet and the SDXL VAE load too (one loading path for every source) and are dropped here: the
-    compiled engines replace them.
+    The UNet and the SDXL VAE are not read: the compiled engines replace them.
     """
     use_all_cores(numerics)
-    components = load_components(model, numerics.dtype, presets_dir, vae)
+    components = load_components(model, numerics.dtype, presets_dir, vae, text_only=True)
     side = TorchSide(
         torch_text_encoders(components, numerics),
         pipeline_config(components),
         components.fingerprint,
         torch_vae_decoder(components, numerics) if components.tiny_vae else None,
     )
-    del components
-    gc.collect()
     return side
 
 
