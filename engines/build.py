@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from engines.components import COMPONENTS, UNET, BuildRange, ComponentSpec, Mode
 from engines.hardware import GpuInfo, cpu_features, cuda_gpu
 from engines.manifest import MANIFEST_NAME, Artefact, ArtefactKind, ComponentEntry, Manifest, ManifestError, file_sha256, inputs_key
 from engines.onnx_export import EXPORT_FORMAT, OPSET, check_onnx, export_modules, export_onnx, files_with_hashes, model_dims
-from engines.openvino_export import OPENVINO_FORMAT, check_openvino, convert_to_openvino, openvino_version
+from engines.openvino_export import OPENVINO_FORMAT, check_inputs, check_openvino, convert_to_openvino, openvino_version, torch_output
 from engines.openvino_export import INSTALL_HINT as OPENVINO_INSTALL_HINT
 from engines.presets import SDXLComponents, known_fingerprint, load_components
 from engines.tensorrt_backend import INSTALL_HINT, build_plan, tensorrt_version, vae_precision
@@ -123,6 +124,12 @@ class _Model:
     @property
     def fingerprint(self) -> str:
         return known_fingerprint(self.request.model) or self.components.fingerprint
+
+    def release(self, component: str) -> None:
+        """Drop a component's torch weights once nothing more is made from them (the full UNet is 10 GB)."""
+        self.__dict__.get("modules", {}).pop(component, None)
+        setattr(self.components, "unet" if component == UNET else "vae", None)
+        gc.collect()
 
 
 class _Progress:
@@ -274,9 +281,11 @@ def _openvino(
         report.reused.append(reused.path)
         return reused
     with progress.step(what):
-        module = model.modules[spec.name]
-        path = convert_to_openvino(module, spec, dims, request.out / f"{spec.name}.openvino")
-        check = check_openvino(path, module, spec, dims)
+        samples = check_inputs(spec, dims)
+        expected = torch_output(model.modules[spec.name], spec, samples)
+        path = convert_to_openvino(model.modules[spec.name], spec, dims, request.out / f"{spec.name}.openvino")
+        model.release(spec.name)  # before OpenVINO compiles an f32 copy for the check: one copy at a time
+        check = check_openvino(path, spec, samples, expected)
     logger.info("%s in OpenVINO (f32) against torch: %s", spec.name, check.describe())
     if not check.max_rel <= request.tolerance:
         raise BuildError(f"the converted {spec.name} does not match torch: {check.describe()} (tolerance {request.tolerance:g})")

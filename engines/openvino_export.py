@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from engines.base import EngineUnavailable
@@ -87,12 +88,23 @@ def convert_to_openvino(module: torch.nn.Module, spec: ComponentSpec, dims: Mode
     return directory / IR_FILE
 
 
-def check_openvino(path: Path, module: torch.nn.Module, spec: ComponentSpec, dims: ModelDims) -> NumericCheck:
-    """Run the IR at f32 on the CPU and torch on the same inputs (at a size unlike the traced one)."""
+def check_inputs(spec: ComponentSpec, dims: ModelDims) -> dict[str, torch.Tensor]:
+    """Inputs for the numerical check, at a size unlike the traced one (a baked-in shape shows up)."""
     width, height = check_size(dims)
-    samples = spec.sample_inputs(batch=1, width=width, height=height, seed=1)
+    return spec.sample_inputs(batch=1, width=width, height=height, seed=1)
+
+
+def torch_output(module: torch.nn.Module, spec: ComponentSpec, samples: dict[str, torch.Tensor]) -> np.ndarray:
     with torch.no_grad():
-        expected = module(*(samples[name] for name in spec.input_names)).float().numpy()
+        return module(*(samples[name] for name in spec.input_names)).float().numpy()
+
+
+def check_openvino(path: Path, spec: ComponentSpec, samples: dict[str, torch.Tensor], expected: np.ndarray) -> NumericCheck:
+    """Run the IR at f32 on the CPU on the inputs torch gave `expected` for.
+
+    Takes torch's answer rather than the module, so that the build can free the torch weights before
+    OpenVINO compiles its own f32 copy: the two never share the memory.
+    """
     compiled = compile_for_cpu(path, "f32")
     actual = compiled([samples[name].numpy() for name in spec.input_names])[0]
     return compare(actual, expected)
