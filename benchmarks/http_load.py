@@ -112,7 +112,8 @@ async def _run_http(base_url: str, plan: Plan) -> dict[str, Any]:
     async with client_session() as session:
         misses = []
         for concurrency in plan.miss_concurrency:
-            level = await drive(session, base_url, payloads.fresh(concurrency * plan.miss_requests_per_client), concurrency)
+            count = max(plan.miss_min_requests, concurrency * plan.miss_requests_per_client)
+            level = await drive(session, base_url, payloads.fresh(count), concurrency)
             misses.append(level.summary())
             logger.info("misses at %d: %s", concurrency, misses[-1].get("latency_s"))
         mixed = []

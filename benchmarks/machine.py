@@ -72,6 +72,11 @@ def gpu_facts() -> dict[str, Any] | None:
     }
 
 
+def load_average() -> tuple[float, float, float] | None:
+    """1, 5 and 15 minute load averages: the machine may be shared, and a report should say how busy it was."""
+    return os.getloadavg() if hasattr(os, "getloadavg") else None
+
+
 def machine_facts() -> dict[str, Any]:
     return {
         "cpu_model": cpu_model(),
@@ -85,7 +90,7 @@ def machine_facts() -> dict[str, Any]:
         "os": platform.platform(),
         "python": sys.version.split()[0],
         "libraries": library_versions(),
-        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "load_average_at_start": load_average(),
     }
 
 

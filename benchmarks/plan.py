@@ -30,9 +30,10 @@ class Plan:
     # Baseline: a plain diffusers pipeline, one request per call.
     baseline_warmup: int = 1
     baseline_repeats: int = 2
-    # HTTP: cache misses per concurrency level are `miss_requests_per_client * concurrency`.
+    # HTTP: cache misses per concurrency level: `miss_requests_per_client * concurrency`, at least `miss_min_requests`.
     miss_concurrency: tuple[int, ...] = (1, 2, 4, 8)
     miss_requests_per_client: int = 2
+    miss_min_requests: int = 2
     # A mix of repeats (cache hits) and new requests at each of these levels.
     mixed_concurrency: tuple[int, ...] = (1, 2, 4, 8)
     mixed_requests: int = 16
@@ -59,7 +60,6 @@ QUICK = Plan(
     precision="fp32",  # the tiny model's small layers run many times slower in bf16 than in fp32 here
     peak_matmul_size=1024,
     peak_repeats=3,
-    baseline_repeats=3,
     miss_requests_per_client=1,
     mixed_requests=8,
     hit_requests=100,
@@ -73,6 +73,7 @@ CPU_FULL = Plan(
     name="cpu-full",
     peak_repeats=3,
     miss_concurrency=(1, 2),
+    miss_requests_per_client=1,
     mixed_concurrency=(4,),
     mixed_requests=8,
     hit_requests=100,

@@ -26,7 +26,7 @@ from benchmarks.components import PRECISION_NAMES, backend_plan
 from benchmarks.http_load import run_http
 from benchmarks.isolation import run_isolated
 from benchmarks.launcher import ServiceProcess
-from benchmarks.machine import device_precisions, machine_facts, machine_label, measure_peak
+from benchmarks.machine import device_precisions, load_average, machine_facts, machine_label, measure_peak
 from benchmarks.plan import Plan
 from benchmarks.summary import summarize
 from benchmarks.workers import PrecisionJob, run_precision_job
@@ -35,6 +35,7 @@ from engines.torch_backend import choose_numerics
 
 logger = logging.getLogger(__name__)
 SECTIONS = ("components", "baseline", "http", "cache_hits", "scale")
+PROCESS_FACTS = ("precision", "numerics", "model_fingerprint", "load_seconds", "peak_rss_bytes", "load_average_at_end")
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def run_suite(options: Options) -> dict[str, Any]:
     _run_model_sections(options, results, service_precision)
     if {"http", "cache_hits"} & set(options.sections):
         _run_service_sections(options, results)
-    facts["load_average_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    facts["load_average_at_end"] = load_average()
     results["duration_s"] = time.perf_counter() - clock
     results["summary"] = summarize(results)
     return results
@@ -127,9 +128,7 @@ def _run_model_sections(options: Options, results: dict[str, Any], service_preci
                 logger.exception("the %s process failed", precision)
                 results["errors"][f"{precision} process"] = f"{exc.__class__.__name__}: {exc}"
                 continue
-            results.setdefault("processes", []).append(
-                {k: outcome[k] for k in ("precision", "numerics", "model_fingerprint", "load_seconds", "peak_rss_bytes")}
-            )
+            results.setdefault("processes", []).append({k: v for k, v in outcome.items() if k in PROCESS_FACTS})
             for name, message in outcome["errors"].items():
                 results["errors"][f"{name} ({precision})"] = message
             if "baseline" in outcome:
@@ -177,6 +176,7 @@ def _run_service_sections(options: Options, results: dict[str, Any]) -> None:
             if "cache_hits" in options.sections:
                 _section(results, "cache_hits", lambda: run_cache_hits(service.base_url, options.plan))
             info["peak_rss_bytes"] = service.peak_rss_bytes()
+            info["load_average_at_end"] = load_average()
         except Exception as exc:
             logger.exception("the service could not be measured")
             results["errors"]["service"] = f"{exc.__class__.__name__}: {exc}"

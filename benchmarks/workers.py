@@ -20,6 +20,7 @@ from transformers.utils import logging as transformers_logging
 from benchmarks.baseline import measure_baseline
 from benchmarks.components import LoadedModel, measure_components
 from benchmarks.isolation import own_peak_rss_bytes
+from benchmarks.machine import load_average
 from benchmarks.plan import Plan
 from benchmarks.scale import measure_scale
 from engines.hardware import usable_cpu_count
@@ -83,4 +84,5 @@ def run_precision_job(job: PrecisionJob) -> dict[str, Any]:
     if job.scale:
         section("scale", lambda: measure_scale(pipeline, job.plan, warm_sizes))
     result["peak_rss_bytes"] = own_peak_rss_bytes()
+    result["load_average_at_end"] = load_average()
     return result
