@@ -7,6 +7,9 @@ timed per backend. A backend whose module is absent, or whose module has no
 
 FLOPs are counted once per component with torch's FlopCounterMode (matrix products, convolutions
 and attention; element-wise work is not counted), during the first warm-up run of the PyTorch backend.
+The machine's peak is a large matrix product per precision, timed in this process just before and
+just after the components, so that both see the same threads and, on a shared machine, about the
+same neighbours; each row carries the best of those runs as the peak it is a fraction of.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from benchmarks.machine import synchronizer
+from benchmarks.machine import matmul_seconds, peak_rates, synchronizer
 from benchmarks.plan import Plan
 from benchmarks.timing import measure
 from engines.pipeline import SDXLTurboPipeline, UNetRunner, VAEDecoderRunner, latent_shape, to_uint8
@@ -185,6 +188,9 @@ def measure_components(
     device = numerics.device
     timer = ComponentTimer(plan, device, dict(known_flops))
     notes: list[str] = []
+    peak_precisions = list(dict.fromkeys([precision, _torch_vae_precision(precision, device.type)]))
+    peak_runs = {p: matmul_seconds(device, p, plan.peak_matmul_size, plan.peak_warmup, plan.peak_repeats)
+                 for p in peak_precisions}
 
     # Inputs: what the loop would hand each component for one 512x512 request.
     with torch.inference_mode():
@@ -212,6 +218,11 @@ def measure_components(
         with torch.inference_mode():
             pixels = to_uint8((pipeline.vae_decoder(scaled_latents) / 2 + 0.5).clamp(0, 1))[0]
         timer.time("png_encode", "pillow", "uint8", lambda: encode_image(np.ascontiguousarray(pixels), "png"))
+    for p in peak_precisions:
+        peak_runs[p] += matmul_seconds(device, p, plan.peak_matmul_size, 0, plan.peak_repeats)
+    peak = {p: peak_rates(plan.peak_matmul_size, runs) for p, runs in peak_runs.items()}
     for row in timer.rows:
         row["run_precision"] = precision  # the process's precision (a VAE may run in another)
-    return {"rows": timer.rows, "flops": timer.flops, "notes": notes}
+        if row["precision"] in peak:
+            row["peak_gflops"] = peak[row["precision"]]["gflops_best"]
+    return {"rows": timer.rows, "flops": timer.flops, "peak": peak, "notes": notes}

@@ -119,10 +119,14 @@ def _peak(results: dict[str, Any]) -> list[str]:
     if not results.get("peak"):
         return []
     rows = [
-        [precision, str(p["matmul_size"]), f"{p['gflops']:.0f} [{p['gflops_min']:.0f} – {p['gflops_max']:.0f}]"]
+        [precision, str(p["matmul_size"]), str(p["seconds"]["n"]),
+         f"{p['gflops']:.0f} [{p['gflops_min']:.0f} – {p['gflops_best']:.0f}]", f"{p['gflops_best']:.0f}", p["measured_in"]]
         for precision, p in results["peak"].items()
     ]
-    return ["## Machine peak (square matmul, same run)", ""] + table(["precision", "n", "GFLOP/s"], rows)
+    header = ["precision", "n", "runs", "GFLOP/s median [min – max]", "peak (best run)", "measured in"]
+    intro = ("Square matrix products timed just before and just after the components, in the same process; "
+             "a component's fraction of peak is its median GFLOP/s over the best of these runs.")
+    return ["## Machine peak (square matmul, same run)", "", intro, ""] + table(header, rows)
 
 
 def _components(results: dict[str, Any]) -> list[str]:
@@ -138,7 +142,7 @@ def _components(results: dict[str, Any]) -> list[str]:
     if not rows:
         return []
     size = results["plan"]["size"]
-    header = ["component", "backend", "precision", "time", "GFLOP", "GFLOP/s", "of peak"]
+    header = ["component", "backend", "precision", "time", "GFLOP", "GFLOP/s (median)", "of peak"]
     return [f"## Components ({size}x{size}, batch 1)", ""] + table(header, rows)
 
 

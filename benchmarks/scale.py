@@ -30,7 +30,7 @@ def cells(plan: Plan) -> list[tuple[int, int]]:
 
 
 def measure_scale(pipeline: SDXLTurboPipeline, plan: Plan, warm_sizes: set[int]) -> dict[str, Any]:
-    """Time each cell; a size not yet run in this process gets one untimed warm-up image first."""
+    """Time each cell; a size not yet run in this process gets one untimed warm-up image first if the plan says so."""
     device = pipeline.device
     counter = itertools.count()
     rows = []
@@ -41,7 +41,7 @@ def measure_scale(pipeline: SDXLTurboPipeline, plan: Plan, warm_sizes: set[int])
             with torch.inference_mode():
                 pipeline([request])
 
-        warmup = 0 if size in warm_sizes else 1
+        warmup = 1 if plan.scale_warm_new_sizes and size not in warm_sizes else 0
         stats = measure(one_image, warmup, plan.scale_repeats, synchronizer(device))
         warm_sizes.add(size)
         rows.append({"steps": steps, "size": size, "seconds": stats.as_dict()})

@@ -26,7 +26,7 @@ from benchmarks.components import PRECISION_NAMES, backend_plan
 from benchmarks.http_load import run_http
 from benchmarks.isolation import run_isolated
 from benchmarks.launcher import ServiceProcess
-from benchmarks.machine import device_precisions, load_average, machine_facts, machine_label, measure_peak
+from benchmarks.machine import device_precisions, load_average, machine_facts, machine_label
 from benchmarks.plan import Plan
 from benchmarks.summary import summarize
 from benchmarks.workers import PrecisionJob, run_precision_job
@@ -75,9 +75,6 @@ def run_suite(options: Options) -> dict[str, Any]:
         "notes": list(options.plan.notes),
         "errors": {},
     }
-    plan = options.plan
-    logger.info("machine peak: %s", device_precisions(device))
-    results["peak"] = measure_peak(device, device_precisions(device), plan.peak_matmul_size, plan.peak_warmup, plan.peak_repeats)
     _run_model_sections(options, results, service_precision)
     if {"http", "cache_hits"} & set(options.sections):
         _run_service_sections(options, results)
@@ -102,6 +99,7 @@ def _run_model_sections(options: Options, results: dict[str, Any], service_preci
     if "scale" in sections:
         wanted.append(service_precision)
     results["components"] = []
+    results["peak"] = {}
     known_flops: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="bench-work-") as work_dir:
         for precision in dict.fromkeys(wanted):
@@ -136,6 +134,8 @@ def _run_model_sections(options: Options, results: dict[str, Any], service_preci
             if "components" in outcome:
                 results["components"] += outcome["components"]["rows"]
                 results["notes"] += outcome["components"]["notes"]
+                for name, peak in outcome["components"]["peak"].items():
+                    results["peak"].setdefault(name, {**peak, "measured_in": f"the {precision} process"})
                 known_flops.update(outcome["components"]["flops"])
             if "scale" in outcome:
                 results["scale"] = outcome["scale"]
