@@ -192,7 +192,7 @@ def measure_components(
     peak_runs = {p: matmul_seconds(device, p, plan.peak_matmul_size, plan.peak_warmup, plan.peak_repeats)
                  for p in peak_precisions}
 
-    # Inputs: what the loop would hand each component for one 512x512 request.
+    # Inputs: what the loop would hand each component for one request of the plan's size.
     with torch.inference_mode():
         prompt_embeds, pooled = pipeline.text_encoder.encode([BENCHMARK_PROMPT])
     generator = torch.Generator("cpu").manual_seed(0)

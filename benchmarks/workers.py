@@ -11,7 +11,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from diffusers.utils import logging as diffusers_logging
@@ -66,7 +66,7 @@ def run_precision_job(job: PrecisionJob) -> dict[str, Any]:
     }
     logger.info("loaded %s in %s in %.1f s", job.model, numerics.label, result["load_seconds"])
 
-    def section(name: str, run: Any) -> None:
+    def section(name: str, run: Callable[[], Any]) -> None:
         try:
             result[name] = run()
         except Exception as exc:  # one failing section must not cost the others
