@@ -1,0 +1,100 @@
+"""How much to measure: repeat counts and sweeps, chosen per mode so a run fits its time budget.
+
+`QUICK` runs every section on the tiny model in well under a minute (a test runs it). `CPU_FULL`
+fits the full SDXL architecture on a 2-core CPU into about 15 minutes: few repeats, the miss sweep
+cut to concurrency 1 and 2 (the CPU engine makes one image at a time, so latency at concurrency c
+is about c times that at 1 and throughput stays flat), and the scale table cut to 512 and 768
+pixels. `GPU_FULL` measures everything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    size: int = 512  # width and height of every image outside the scale table
+    # The service's precision (and the scale table's); "auto" is the service's own choice, and
+    # components are then timed in every precision the machine has. Another value times that one alone.
+    precision: str = "auto"
+    # Machine peak: one square matmul of this size per precision.
+    peak_matmul_size: int = 4096
+    peak_warmup: int = 1
+    peak_repeats: int = 5
+    # Components: the first warm-up run also counts the FLOPs.
+    component_warmup: int = 1
+    component_repeats: int = 3
+    # Baseline: a plain diffusers pipeline, one request per call.
+    baseline_warmup: int = 1
+    baseline_repeats: int = 2
+    # HTTP: cache misses per concurrency level: `miss_requests_per_client * concurrency`, at least `miss_min_requests`.
+    miss_concurrency: tuple[int, ...] = (1, 2, 4, 8)
+    miss_requests_per_client: int = 2
+    miss_min_requests: int = 2
+    # A mix of repeats (cache hits) and new requests at each of these levels.
+    mixed_concurrency: tuple[int, ...] = (1, 2, 4, 8)
+    mixed_requests: int = 16
+    mixed_hit_share: float = 0.75
+    # Pure hits, against a bare aiohttp handler returning the same bytes.
+    hit_concurrency: tuple[int, ...] = (1, 2, 4, 8)
+    hit_requests: int = 200
+    hit_warmup_requests: int = 20
+    # Scale: end-to-end images over steps (at `size`) and sizes (at 1 step).
+    scale_steps: tuple[int, ...] = (1, 2, 4)
+    scale_sizes: tuple[int, ...] = (512, 768, 1024)
+    scale_skipped_sizes: tuple[int, ...] = ()
+    scale_repeats: int = 3
+    scale_warm_new_sizes: bool = True  # one untimed image at each size not yet run in the process
+    service_ready_timeout_s: float = 900.0
+    notes: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+QUICK = Plan(
+    name="quick",
+    size=256,
+    precision="fp32",  # the tiny model's small layers run many times slower in bf16 than in fp32 here
+    peak_matmul_size=1024,
+    peak_repeats=3,
+    miss_requests_per_client=1,
+    mixed_requests=8,
+    hit_requests=100,
+    hit_warmup_requests=10,
+    scale_sizes=(256, 384),
+    scale_repeats=2,
+    notes=("quick: the tiny model at 256x256 in fp32, whose figures say nothing about speed; it keeps the suite from rotting",),
+)
+
+CPU_FULL = Plan(
+    name="cpu-full",
+    peak_repeats=3,
+    miss_concurrency=(1, 2),
+    miss_requests_per_client=1,
+    mixed_concurrency=(4,),
+    mixed_requests=8,
+    hit_requests=100,
+    scale_sizes=(512, 768),
+    scale_skipped_sizes=(1024,),
+    scale_repeats=2,
+    scale_warm_new_sizes=False,
+    notes=(
+        "cache misses at concurrency 1 and 2 only: the CPU engine makes one image at a time, so latency "
+        "at concurrency c is about c times that at 1 and throughput stays flat (4 and 8 would add ~6 minutes)",
+        "scale: two runs per cell; 768x768 gets no warm-up run (on this CPU a first decode at a new size "
+        "cost the same as the next), so a first-call cost there would show as its max; 1024x1024 is left "
+        "out (about 4 minutes of its own)",
+    ),
+)
+
+GPU_FULL = Plan(name="gpu-full", baseline_repeats=3, miss_requests_per_client=4)
+
+
+def plan_for(quick: bool, device: str) -> Plan:
+    if quick:
+        return QUICK
+    return GPU_FULL if device == "cuda" else CPU_FULL

@@ -1,0 +1,235 @@
+"""The results of a run, three ways: a JSON file for programs, a Markdown table for people, a PNG chart (chart.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from benchmarks.chart import chart
+from benchmarks.summary import component_rates
+
+# --- formatting ------------------------------------------------------------------------------------
+
+
+def fmt_s(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "–"
+    if seconds < 1:
+        return f"{seconds * 1000:.3g} ms"
+    return f"{seconds:.3g} s"
+
+
+def fmt_stats(stats: dict[str, Any]) -> str:
+    return f"{fmt_s(stats['median'])} [{fmt_s(stats['min'])} – {fmt_s(stats['max'])}]"
+
+
+def fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "–"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.3g} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return str(n)
+
+
+def fmt_pct(x: float | None) -> str:
+    return "–" if x is None else f"{x:.0%}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines + [""]
+
+
+# --- Markdown --------------------------------------------------------------------------------------
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The whole report: a header on the machine and the command, the summary, then one table per section."""
+    out = _header(results) + ["## Summary", ""] + table(["figure", "value"], _summary_rows(results))
+    for section in (_peak, _components, _baseline, _http, _cache_hits, _scale):
+        out += section(results)
+    if results.get("notes"):
+        out += ["## Notes", ""] + [f"- {note}" for note in results["notes"]] + [""]
+    if results.get("errors"):
+        out += ["## Errors", ""] + [f"- {name}: {text.splitlines()[0]}" for name, text in results["errors"].items()] + [""]
+    return "\n".join(out)
+
+
+def _header(results: dict[str, Any]) -> list[str]:
+    machine, plan = results["machine"], results["plan"]
+    gpu = machine["gpu"]["name"] if machine.get("gpu") else "none"
+    libraries = ", ".join(f"{name} {version}" for name, version in machine["libraries"].items() if version)
+    engine = results.get("service", {}).get("engine") or "–"
+    return [
+        f"# Benchmark: `{results['model']}` on {results['machine_label']}",
+        "",
+        f"Command: `{results['command']}`  ",
+        f"Started {results['started']}, took {results['duration_s']:.0f} s, plan `{plan['name']}`, "
+        f"device {results['device']}, service engine `{engine}`.  ",
+        f"CPU: {machine['cpu_model']}, {machine['usable_cpus']} usable cores, flags {' '.join(machine['cpu_simd_flags'])}; "
+        f"GPU: {gpu}; memory {fmt_bytes(machine['memory_bytes'])}; load average (1, 5, 15 min) at start "
+        f"{_load(machine.get('load_average_at_start'))}, at end {_load(machine.get('load_average_at_end'))}.  ",
+        f"Libraries: {libraries}.",
+        "",
+        "Every time is a median over repeats after warm-up, [min – max] where shown.",
+        "",
+    ]
+
+
+def _summary_rows(results: dict[str, Any]) -> list[list[str]]:
+    summary, size = results["summary"], results["plan"]["size"]
+    rows = []
+    if "ours_http_s" in summary:
+        label = f"our time per image over HTTP ({size}x{size}, 1 step, p50 at concurrency 1)"
+        rows.append([label, fmt_s(summary["ours_http_s"])])
+    if "ours_in_process_s" in summary:
+        rows.append(["our time per image in process (the same loop, no HTTP)", fmt_s(summary["ours_in_process_s"])])
+    if "baseline_s" in summary:
+        label = f"baseline: plain diffusers pipeline, {results['baseline']['precision']}, per request"
+        rows.append([label, fmt_s(summary["baseline_s"])])
+    for key, label in (("ours_http_over_baseline", "ours over HTTP / baseline"),
+                       ("ours_in_process_over_baseline", "ours in process / baseline")):
+        if key in summary:
+            ratio = summary[key]
+            verdict = f"{1 / ratio:.1f}x faster than" if ratio < 1 else f"{ratio:.1f}x slower than"
+            rows.append([label, f"{ratio:.2f}: {verdict} the baseline"])
+    for name, label in (("unet", "UNet step"), ("vae", "VAE decode")):
+        if f"{name}_fraction_of_peak" in summary:
+            precision = summary[f"{name}_precision"]
+            label = f"{label}, torch {precision}: fraction of the measured {precision} matmul peak"
+            rows.append([label, fmt_pct(summary[f"{name}_fraction_of_peak"])])
+    if "cache_hit_p50_ratio" in summary:
+        versus = f"service / bare aiohttp (concurrency {summary['cache_hit_concurrency']})"
+        rows.append([f"cache hit p50 latency, {versus}", f"{summary['cache_hit_p50_ratio']:.2f}x"])
+        rows.append([f"cache hits per second, {versus}", f"{summary['cache_hit_per_second_ratio']:.2f}"])
+    if "service_seconds_to_ready" in summary:
+        label = "service: process start to /readyz 200 (load + warm-up image)"
+        rows.append([label, fmt_s(summary["service_seconds_to_ready"])])
+    if "service_peak_rss_bytes" in summary:
+        rows.append(["service: peak resident memory", fmt_bytes(summary["service_peak_rss_bytes"])])
+    return rows
+
+
+def _peak(results: dict[str, Any]) -> list[str]:
+    if not results.get("peak"):
+        return []
+    rows = [
+        [precision, str(p["matmul_size"]), str(p["seconds"]["n"]),
+         f"{p['gflops']:.0f} [{p['gflops_min']:.0f} – {p['gflops_best']:.0f}]", f"{p['gflops_best']:.0f}", p["measured_in"]]
+        for precision, p in results["peak"].items()
+    ]
+    header = ["precision", "n", "runs", "GFLOP/s median [min – max]", "peak (best run)", "measured in"]
+    intro = ("Square matrix products timed just before and just after the components, in the same process; "
+             "a component's fraction of peak is its median GFLOP/s over the best of these runs.")
+    return ["## Machine peak (square matmul, same run)", "", intro, ""] + table(header, rows)
+
+
+def _components(results: dict[str, Any]) -> list[str]:
+    rows = [
+        [
+            r["component"], r["backend"], r["precision"], fmt_stats(r["seconds"]),
+            f"{r['flops'] / 1e9:.4g}" if r.get("flops") else "–",
+            f"{r['gflops']:.3g}" if "gflops" in r else "–",
+            fmt_pct(r.get("fraction_of_peak")),
+        ]
+        for r in component_rates(results)
+    ]
+    if not rows:
+        return []
+    size = results["plan"]["size"]
+    header = ["component", "backend", "precision", "time", "GFLOP", "GFLOP/s (median)", "of peak"]
+    return [f"## Components ({size}x{size}, batch 1)", ""] + table(header, rows)
+
+
+def _baseline(results: dict[str, Any]) -> list[str]:
+    b = results.get("baseline")
+    if not b:
+        return []
+    return [
+        "## Baseline",
+        "",
+        f"{b['what']}; {b['precision']} on {b['device']}, {b['size']}x{b['size']}, {b['num_inference_steps']} step: "
+        f"{fmt_stats(b['seconds'])} per image ({b['seconds']['n']} timed).",
+        "",
+    ]
+
+
+def _http(results: dict[str, Any]) -> list[str]:
+    http = results.get("http")
+    if not http:
+        return []
+    rows = []
+    for kind, levels in (("misses", http["misses"]), (f"{http['mixed_hit_share']:.0%} repeats", http["mixed"])):
+        for level in levels:
+            latency = level.get("latency_s", {})
+            rows.append([
+                kind, str(level["concurrency"]), f"{level['ok']}/{level['requests']}",
+                *(fmt_s(latency.get(p)) for p in ("p50", "p95", "p99")),
+                f"{level['per_second']:.3g}" if level.get("per_second") else "–",
+                ", ".join(f"{status} {count}" for status, count in sorted(level["x_cache"].items())),
+            ])
+    size = http["size"]
+    header = ["traffic", "concurrency", "ok", "p50", "p95", "p99", "images/s", "X-Cache"]
+    return [f"## End to end over HTTP ({size}x{size}, 1 step)", ""] + table(header, rows)
+
+
+def _cache_hits(results: dict[str, Any]) -> list[str]:
+    hits = results.get("cache_hits")
+    if not hits:
+        return []
+    rows = []
+    for level in hits["levels"]:
+        service, bare = level["service"], level["bare_aiohttp"]
+        rows.append([
+            str(level["concurrency"]), str(service["requests"]),
+            fmt_s(service.get("latency_s", {}).get("p50")), fmt_s(bare.get("latency_s", {}).get("p50")),
+            f"{level['p50_ratio']:.2f}x" if "p50_ratio" in level else "–",
+            _rate(service), _rate(bare),
+            f"{level['per_second_ratio']:.2f}" if "per_second_ratio" in level else "–",
+        ])
+    header = ["concurrency", "requests", "service p50", "bare p50", "p50 ratio", "service req/s", "bare req/s", "req/s ratio"]
+    title = f"## Cache hits: the service against a bare aiohttp handler answering the same {fmt_bytes(hits['image_bytes'])}"
+    return [title, ""] + table(header, rows)
+
+
+def _scale(results: dict[str, Any]) -> list[str]:
+    scale = results.get("scale")
+    if not scale:
+        return []
+    base = results["summary"].get("ours_in_process_s")
+    rows = [
+        [str(r["steps"]), f"{r['size']}x{r['size']}", fmt_stats(r["seconds"]),
+         f"{r['seconds']['median'] / base:.2f}x" if base else "–"]
+        for r in scale["rows"]
+    ]
+    rows += [[str(r["steps"]), f"{r['size']}x{r['size']}", f"skipped: {r['skipped']}", "–"] for r in scale["skipped"]]
+    size = results["plan"]["size"]
+    header = ["steps", "size", "time per image", f"vs 1 step at {size}"]
+    out = [f"## Scale (in process, {results.get('service_precision', '')})", ""] + table(header, rows)
+    return out + [f"- {note}" for note in scale["notes"]] + [""]
+
+
+def _rate(level: dict[str, Any]) -> str:
+    return f"{level['per_second']:.0f}" if level.get("per_second") else "–"
+
+
+def _load(load: Any) -> str:
+    return " ".join(f"{x:.2f}" for x in load) if load else "–"
+
+
+# --- files -----------------------------------------------------------------------------------------
+
+
+def write_reports(results: dict[str, Any], out_dir: Path, stem: str) -> dict[str, Path]:
+    """`<stem>.json`, `<stem>.md` and `<stem>.png` in `out_dir`; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("json", "md", "png")}
+    paths["json"].write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
+    paths["md"].write_text(markdown(results) + "\n")
+    chart(results, paths["png"])
+    return paths

@@ -1,0 +1,194 @@
+"""One run of the suite: the machine's peak, then one process per precision, then the service over HTTP.
+
+Memory rule: at most one model is in memory at a time. Each precision's model is loaded in its own
+spawned process (components, baseline and scale share it), and the service, a process of its own,
+starts only after the last of them has ended.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.baseline import baseline_precision
+from benchmarks.cache_hits import run_cache_hits
+from benchmarks.components import PRECISION_NAMES, backend_plan
+from benchmarks.http_load import run_http
+from benchmarks.isolation import run_isolated
+from benchmarks.launcher import ServiceProcess
+from benchmarks.machine import device_precisions, load_average, machine_facts, machine_label
+from benchmarks.plan import Plan
+from benchmarks.summary import summarize
+from benchmarks.workers import PrecisionJob, run_precision_job
+from engines.hardware import cpu_has_bf16, usable_cpu_count
+from engines.torch_backend import choose_numerics
+
+logger = logging.getLogger(__name__)
+SECTIONS = ("components", "baseline", "http", "cache_hits", "scale")
+PROCESS_FACTS = ("precision", "numerics", "model_fingerprint", "load_seconds", "peak_rss_bytes", "load_average_at_end")
+
+
+@dataclass(frozen=True)
+class Options:
+    model: str
+    engine: str
+    engine_dir: Path
+    device: str  # cpu | cuda (resolved)
+    plan: Plan
+    sections: tuple[str, ...]
+    command: str
+    presets_dir: Path | None = None
+    log_level: str = "INFO"
+
+
+def run_suite(options: Options) -> dict[str, Any]:
+    """Measure everything asked for; a failing section is recorded under "errors" and the run goes on."""
+    started = datetime.now(timezone.utc)
+    clock = time.perf_counter()
+    device = torch.device(options.device)
+    if device.type == "cpu":
+        torch.set_num_threads(usable_cpu_count())
+    facts = machine_facts()
+    service_precision = PRECISION_NAMES[choose_numerics(options.device, options.plan.precision).dtype]
+    results: dict[str, Any] = {
+        "schema_version": 1,
+        "command": options.command,
+        "started": started.isoformat(timespec="seconds"),
+        "model": options.model,
+        "engine": options.engine,
+        "device": options.device,
+        "service_precision": service_precision,
+        "sections": list(options.sections),
+        "plan": options.plan.as_dict(),
+        "machine": facts,
+        "machine_label": machine_label(facts),
+        "notes": list(options.plan.notes),
+        "errors": {},
+    }
+    _run_model_sections(options, results, service_precision)
+    if {"http", "cache_hits"} & set(options.sections):
+        _run_service_sections(options, results)
+    facts["load_average_at_end"] = load_average()
+    results["duration_s"] = time.perf_counter() - clock
+    results["summary"] = summarize(results)
+    return results
+
+
+def _run_model_sections(options: Options, results: dict[str, Any], service_precision: str) -> None:
+    """One spawned process per precision: the baseline's precision first (it counts the FLOPs), then the rest."""
+    sections = set(options.sections)
+    backends, skipped = backend_plan(options.device, options.engine, cpu_has_bf16())
+    results["backends"] = backends
+    results["notes"] += skipped
+    wanted: list[str] = []
+    if "baseline" in sections:
+        wanted.append(baseline_precision(torch.device(options.device)))
+    if "components" in sections:
+        offered = device_precisions(torch.device(options.device)) if options.plan.precision == "auto" else [service_precision]
+        wanted += [p for p in offered if any(p in ps for ps in backends.values())]
+    if "scale" in sections:
+        wanted.append(service_precision)
+    results["components"] = []
+    results["peak"] = {}
+    known_flops: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-work-") as work_dir:
+        for precision in dict.fromkeys(wanted):
+            job = PrecisionJob(
+                model=options.model,
+                precision=precision,
+                device=options.device,
+                plan=options.plan,
+                work_dir=Path(work_dir),
+                presets_dir=options.presets_dir,
+                backends=backends,
+                known_flops=dict(known_flops),
+                baseline="baseline" in sections and precision == baseline_precision(torch.device(options.device)),
+                components="components" in sections,
+                encode_images="components" in sections and precision == service_precision,
+                scale="scale" in sections and precision == service_precision,
+                log_level=options.log_level,
+            )
+            tasks = [name for name in ("baseline", "components", "scale") if getattr(job, name)]
+            logger.info("process for %s: %s", precision, ", ".join(tasks))
+            try:
+                outcome = run_isolated(run_precision_job, job)
+            except Exception as exc:  # killed for memory, or it could not load the model
+                logger.exception("the %s process failed", precision)
+                results["errors"][f"{precision} process"] = f"{exc.__class__.__name__}: {exc}"
+                continue
+            results.setdefault("processes", []).append({k: v for k, v in outcome.items() if k in PROCESS_FACTS})
+            for name, message in outcome["errors"].items():
+                results["errors"][f"{name} ({precision})"] = message
+            if "baseline" in outcome:
+                results["baseline"] = outcome["baseline"]
+            if "components" in outcome:
+                results["components"] += outcome["components"]["rows"]
+                results["notes"] += outcome["components"]["notes"]
+                for name, peak in outcome["components"]["peak"].items():
+                    results["peak"].setdefault(name, {**peak, "measured_in": f"the {precision} process"})
+                known_flops.update(outcome["components"]["flops"])
+            if "scale" in outcome:
+                results["scale"] = outcome["scale"]
+    results["flops"] = known_flops
+
+
+def _service_args(options: Options, cache_dir: str) -> list[str]:
+    args = [
+        "--model", options.model,
+        "--engine", options.engine,
+        "--engine-dir", str(options.engine_dir),
+        "--device", options.device,
+        "--precision", options.plan.precision,
+        "--cache-dir", cache_dir,
+        # Latency is the figure: no request may time out or be refused while the sweep waits its turn.
+        "--request-timeout", "86400",
+        "--max-queue", "1000",
+    ]
+    if options.presets_dir:
+        args += ["--presets-dir", str(options.presets_dir)]
+    return args
+
+
+def _run_service_sections(options: Options, results: dict[str, Any]) -> None:
+    """Start the service as a user would (fresh cache), time it to /readyz, then the HTTP and cache-hit sections."""
+    with tempfile.TemporaryDirectory(prefix="bench-cache-") as cache_dir:
+        args = _service_args(options, cache_dir)
+        service = ServiceProcess(args)
+        info: dict[str, Any] = {"args": args, "env": {k: v for k, v in os.environ.items() if k.startswith("SDXL_")}}
+        results["service"] = info
+        try:
+            info["seconds_to_ready"] = service.wait_ready(options.plan.service_ready_timeout_s)
+            with urllib.request.urlopen(service.base_url + "/readyz", timeout=10) as response:
+                readyz = json.loads(response.read())
+            info["engine"], info["engine_reason"] = readyz.get("engine"), readyz.get("engine_reason")
+            if "http" in options.sections:
+                _section(results, "http", lambda: run_http(service.base_url, options.plan))
+            if "cache_hits" in options.sections:
+                _section(results, "cache_hits", lambda: run_cache_hits(service.base_url, options.plan))
+            info["peak_rss_bytes"] = service.peak_rss_bytes()
+            info["load_average_at_end"] = load_average()
+        except Exception as exc:
+            logger.exception("the service could not be measured")
+            results["errors"]["service"] = f"{exc.__class__.__name__}: {exc}"
+        finally:
+            info["exit_code"] = service.stop()
+            if info["exit_code"] != 0:
+                results["errors"]["service exit"] = f"exit code {info['exit_code']}; log tail:\n{service.log()[-2000:]}"
+
+
+def _section(results: dict[str, Any], name: str, run: Any) -> None:
+    try:
+        results[name] = run()
+    except Exception as exc:
+        logger.exception("section %s failed", name)
+        results["errors"][name] = f"{exc.__class__.__name__}: {exc}"

@@ -1,0 +1,88 @@
+"""The work of one precision's process: load the model once, then run the sections that need it.
+
+The baseline runs first, on the freshly loaded modules (our runners move nothing on the CPU, but on
+CUDA they move the VAE); then the components; then the scale table, on the same PyTorch pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from diffusers.utils import logging as diffusers_logging
+from transformers.utils import logging as transformers_logging
+
+from benchmarks.baseline import measure_baseline
+from benchmarks.components import LoadedModel, measure_components
+from benchmarks.isolation import own_peak_rss_bytes
+from benchmarks.machine import load_average
+from benchmarks.plan import Plan
+from benchmarks.scale import measure_scale
+from engines.hardware import usable_cpu_count
+from engines.presets import load_components
+from engines.torch_backend import build_torch_pipeline, choose_numerics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PrecisionJob:
+    model: str
+    precision: str
+    device: str
+    plan: Plan
+    work_dir: Path
+    presets_dir: Path | None = None
+    backends: dict[str, list[str]] = field(default_factory=dict)
+    known_flops: dict[str, int] = field(default_factory=dict)
+    baseline: bool = False
+    components: bool = False
+    encode_images: bool = False
+    scale: bool = False
+    log_level: str = "INFO"
+
+
+def run_precision_job(job: PrecisionJob) -> dict[str, Any]:
+    """Load `job.model` in `job.precision` and run the sections asked for; a failing section is recorded, not raised."""
+    logging.basicConfig(level=job.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    numerics = choose_numerics(job.device, job.precision)
+    if numerics.device.type == "cpu":
+        torch.set_num_threads(usable_cpu_count())
+    start = time.perf_counter()
+    components = load_components(job.model, numerics.dtype, job.presets_dir)
+    result: dict[str, Any] = {
+        "precision": job.precision,
+        "numerics": numerics.label,
+        "model_fingerprint": components.fingerprint,
+        "load_seconds": time.perf_counter() - start,
+        "errors": {},
+    }
+    logger.info("loaded %s in %s in %.1f s", job.model, numerics.label, result["load_seconds"])
+
+    def section(name: str, run: Callable[[], Any]) -> None:
+        try:
+            result[name] = run()
+        except Exception as exc:  # one failing section must not cost the others
+            logger.exception("section %s failed", name)
+            result["errors"][name] = f"{exc.__class__.__name__}: {exc}\n{traceback.format_exc(limit=5)}"
+
+    if job.baseline:
+        section("baseline", lambda: measure_baseline(components, numerics.device, job.plan))
+    pipeline = build_torch_pipeline(components, numerics)
+    loaded = LoadedModel(components, numerics, pipeline, job.work_dir)
+    warm_sizes: set[int] = set()
+    if job.components:
+        section("components", lambda: measure_components(loaded, job.backends, job.plan, job.known_flops, job.encode_images))
+        warm_sizes.add(job.plan.size)
+    if job.scale:
+        section("scale", lambda: measure_scale(pipeline, job.plan, warm_sizes))
+    result["peak_rss_bytes"] = own_peak_rss_bytes()
+    result["load_average_at_end"] = load_average()
+    return result
