@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--engine-dir", type=Path, default=Path("build/engines"), help="where build_engines.py wrote engines")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--vae", default="full", choices=("full", "tiny"), help="the service's VAE (tiny: TAESD-XL)")
     parser.add_argument("--quick", action="store_true", help="every section, few repeats, the tiny model: under a minute")
     parser.add_argument("--out", type=Path, help=f"output directory (default: {RESULTS_DIR}; {SCRATCH_DIR} with --quick)")
     parser.add_argument("--sections", type=sections, default=SECTIONS, help=f"a subset of {','.join(SECTIONS)}")
@@ -67,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model=args.model or ("tiny" if args.quick else "sdxl-random"),
         engine=args.engine,
         engine_dir=args.engine_dir,
+        vae=args.vae,
         device=device,
         plan=plan,
         sections=args.sections,

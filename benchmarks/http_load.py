@@ -12,7 +12,9 @@ import asyncio
 import itertools
 import logging
 import random
+import re
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,6 +103,21 @@ class Payloads:
         if not self.sent:
             raise ValueError("repeats: nothing has been sent yet")
         return list(itertools.islice(itertools.cycle(self.sent), count))
+
+
+STAGE_LINE = re.compile(r'^sdxl_stage_seconds_(sum|count)\{stage="([a-z_]+)"\} ([0-9.e+-]+)$', re.M)
+
+
+def served_stage_means(base_url: str) -> dict[str, float]:
+    """Mean seconds per stage (text encoders, UNet, VAE, encoding, queue wait, request) as the service
+    measured them while it served the run: the components of whatever backend it runs."""
+    with urllib.request.urlopen(base_url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for kind, stage, value in STAGE_LINE.findall(text):
+        (sums if kind == "sum" else counts)[stage] = float(value)
+    return {stage: sums[stage] / counts[stage] for stage in sums if counts.get(stage)}
 
 
 def run_http(base_url: str, plan: Plan) -> dict[str, Any]:

@@ -85,7 +85,8 @@ def _summary_rows(results: dict[str, Any]) -> list[list[str]]:
     summary, size = results["summary"], results["plan"]["size"]
     rows = []
     if "ours_http_s" in summary:
-        label = f"our time per image over HTTP ({size}x{size}, 1 step, p50 at concurrency 1)"
+        engine = summary.get("service_engine", "the service")
+        label = f"our time per image over HTTP ({engine}, {size}x{size}, 1 step, p50 at concurrency 1)"
         rows.append([label, fmt_s(summary["ours_http_s"])])
     if "ours_in_process_s" in summary:
         rows.append(["our time per image in process (the same loop, no HTTP)", fmt_s(summary["ours_in_process_s"])])
@@ -107,6 +108,10 @@ def _summary_rows(results: dict[str, Any]) -> list[list[str]]:
         versus = f"service / bare aiohttp (concurrency {summary['cache_hit_concurrency']})"
         rows.append([f"cache hit p50 latency, {versus}", f"{summary['cache_hit_p50_ratio']:.2f}x"])
         rows.append([f"cache hits per second, {versus}", f"{summary['cache_hit_per_second_ratio']:.2f}"])
+    served = [s for s in ("text_encoders", "unet", "vae", "image_encoding") if f"served_{s}_s" in summary]
+    if served:
+        label = "inside the service, mean per cache miss: " + ", ".join(served)
+        rows.append([label, ", ".join(fmt_s(summary[f"served_{s}_s"]) for s in served)])
     if "service_seconds_to_ready" in summary:
         label = "service: process start to /readyz 200 (load + warm-up image)"
         rows.append([label, fmt_s(summary["service_seconds_to_ready"])])

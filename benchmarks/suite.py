@@ -23,7 +23,7 @@ import torch
 from benchmarks.baseline import baseline_precision
 from benchmarks.cache_hits import run_cache_hits
 from benchmarks.components import PRECISION_NAMES, backend_plan
-from benchmarks.http_load import run_http
+from benchmarks.http_load import run_http, served_stage_means
 from benchmarks.isolation import run_isolated
 from benchmarks.launcher import ServiceProcess
 from benchmarks.machine import device_precisions, load_average, machine_facts, machine_label
@@ -49,6 +49,7 @@ class Options:
     command: str
     presets_dir: Path | None = None
     log_level: str = "INFO"
+    vae: str = "full"
 
 
 def run_suite(options: Options) -> dict[str, Any]:
@@ -66,6 +67,7 @@ def run_suite(options: Options) -> dict[str, Any]:
         "started": started.isoformat(timespec="seconds"),
         "model": options.model,
         "engine": options.engine,
+        "vae": options.vae,
         "device": options.device,
         "service_precision": service_precision,
         "sections": list(options.sections),
@@ -147,6 +149,7 @@ def _service_args(options: Options, cache_dir: str) -> list[str]:
         "--model", options.model,
         "--engine", options.engine,
         "--engine-dir", str(options.engine_dir),
+        "--vae", options.vae,
         "--device", options.device,
         "--precision", options.plan.precision,
         "--cache-dir", cache_dir,
@@ -173,6 +176,7 @@ def _run_service_sections(options: Options, results: dict[str, Any]) -> None:
             info["engine"], info["engine_reason"] = readyz.get("engine"), readyz.get("engine_reason")
             if "http" in options.sections:
                 _section(results, "http", lambda: run_http(service.base_url, options.plan))
+                info["stages_s"] = served_stage_means(service.base_url)
             if "cache_hits" in options.sections:
                 _section(results, "cache_hits", lambda: run_cache_hits(service.base_url, options.plan))
             info["peak_rss_bytes"] = service.peak_rss_bytes()

@@ -56,6 +56,10 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         summary["cache_hit_per_second_ratio"] = first["per_second_ratio"]
         summary["cache_hit_concurrency"] = first["concurrency"]
     service = results.get("service", {})
+    if service.get("engine"):
+        summary["service_engine"] = service["engine"]
+    for stage, seconds in service.get("stages_s", {}).items():
+        summary[f"served_{stage}_s"] = seconds
     for key in ("seconds_to_ready", "peak_rss_bytes"):
         if service.get(key) is not None:
             summary[f"service_{key}"] = service[key]

@@ -76,6 +76,7 @@ def test_quick_json_has_every_section(quick_run: dict[str, Path]) -> None:
                 "vae_fraction_of_peak", "cache_hit_p50_ratio", "service_seconds_to_ready", "service_peak_rss_bytes"):
         assert key in summary, key
     assert summary["service_peak_rss_bytes"] > 50 * 2**20  # the service holds torch and a model
+    assert summary["served_unet_s"] > 0 and summary["served_vae_s"] > 0  # the service's own /metrics
 
 
 def test_quick_markdown_has_every_table(quick_run: dict[str, Path]) -> None:
