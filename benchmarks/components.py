@@ -201,6 +201,7 @@ def measure_components(
     time_ids = torch.tensor([[plan.size, plan.size, 0, 0, plan.size, plan.size]], dtype=torch.float32, device=device)
     scaled_latents = latents / pipeline.config.vae_scaling_factor
 
+    pipeline.text_encoder.disable_cache()  # time the encoders, not the service's prompt-embedding cache
     timer.time("text_encoders", "torch", precision, lambda: pipeline.text_encoder.encode([BENCHMARK_PROMPT]))
     for backend in BACKENDS:
         if precision not in backends.get(backend.name, []):

@@ -87,14 +87,17 @@ class ServerProcess:
 
     def peak_rss_bytes(self) -> int | None:
         """The process's peak resident memory so far (Linux VmHWM); None where unknown or exited."""
+        return self.memory_bytes().get("VmHWM")
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Resident memory now, by kind (Linux): VmHWM (peak), VmRSS, RssAnon (the process's own) and
+        RssFile (mapped files, such as OpenVINO's weights: clean pages the kernel can reclaim)."""
         try:
             status = Path(f"/proc/{self.pid}/status").read_text()
         except OSError:
-            return None
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        return None
+            return {}
+        fields = ("VmHWM:", "VmRSS:", "RssAnon:", "RssFile:")
+        return {line.split(":")[0]: int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith(fields)}
 
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM, then wait (SIGKILL after `timeout`); returns the exit code."""

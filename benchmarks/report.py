@@ -117,6 +117,10 @@ def _summary_rows(results: dict[str, Any]) -> list[list[str]]:
         rows.append([label, fmt_s(summary["service_seconds_to_ready"])])
     if "service_peak_rss_bytes" in summary:
         rows.append(["service: peak resident memory", fmt_bytes(summary["service_peak_rss_bytes"])])
+    memory = results.get("service", {}).get("memory_at_end_bytes", {})
+    if "RssAnon" in memory and "RssFile" in memory:
+        label = "service at the end: its own memory (RssAnon) + mapped files (RssFile, reclaimable)"
+        rows.append([label, f"{fmt_bytes(memory['RssAnon'])} + {fmt_bytes(memory['RssFile'])}"])
     return rows
 
 

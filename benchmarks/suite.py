@@ -180,6 +180,7 @@ def _run_service_sections(options: Options, results: dict[str, Any]) -> None:
             if "cache_hits" in options.sections:
                 _section(results, "cache_hits", lambda: run_cache_hits(service.base_url, options.plan))
             info["peak_rss_bytes"] = service.peak_rss_bytes()
+            info["memory_at_end_bytes"] = service.memory_bytes()
             info["load_average_at_end"] = load_average()
         except Exception as exc:
             logger.exception("the service could not be measured")

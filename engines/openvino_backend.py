@@ -17,10 +17,11 @@ import torch
 from engines.base import EngineLimits
 from engines.components import UNET, VAE_DECODER, ComponentSpec
 from engines.manifest import Manifest
-from engines.openvino_export import compile_for_cpu, inference_precision
+from engines.onnx_export import VAEDecoderForExport
+from engines.openvino_export import compile_for_cpu, convert_module, inference_precision
 from engines.pipeline import SDXLTurboPipeline
 from engines.pipeline_engine import PipelineEngine
-from engines.torch_backend import choose_numerics, load_text_side, per_item, vae_suffix
+from engines.torch_backend import TorchVAEDecoder, choose_numerics, load_text_side, per_item, vae_suffix
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +77,14 @@ class OpenVINOEngine(PipelineEngine):
             path = self.engine_dir / self.manifest.artefact(self.engine_dir, name, "openvino").path
             return OpenVINORunner(compile_for_cpu(path, self.precision), specs[name])
 
-        # With --vae tiny the tiny autoencoder decodes in torch (bf16 where the CPU has it).
-        vae_decoder = side.tiny_vae or compiled(VAE_DECODER)
+        vae_decoder = compiled(VAE_DECODER) if side.tiny_vae is None else self._compile_tiny_vae(side.tiny_vae, specs)
         self._pipeline = SDXLTurboPipeline(side.text_encoders, compiled(UNET), vae_decoder, side.config, "cpu")
         self.info.model_fingerprint = side.fingerprint
         logger.info("loaded OpenVINO IR from %s (%s)", self.engine_dir, self.info.name)
+
+    def _compile_tiny_vae(self, tiny_vae: TorchVAEDecoder, specs: dict[str, ComponentSpec]) -> OpenVINORunner:
+        """--vae tiny: no build made it, so convert the tiny autoencoder here (seconds; it is 1 M
+        parameters) and compile it like the rest: OpenVINO runs it about twice as fast as torch."""
+        module = VAEDecoderForExport(tiny_vae.vae.float()).eval()
+        model = convert_module(module, specs[VAE_DECODER], self.manifest.dims)
+        return OpenVINORunner(compile_for_cpu(model, self.precision), specs[VAE_DECODER])

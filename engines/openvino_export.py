@@ -48,8 +48,8 @@ def inference_precision(precision: str = "auto") -> str:
     return {"bf16": "bf16", "fp32": "f32"}[precision]
 
 
-def compile_for_cpu(path: Path, precision: str) -> Any:
-    """Compile an IR for this CPU: latency first (one request at a time), every core we may use."""
+def compile_for_cpu(path: Path | Any, precision: str) -> Any:
+    """Compile an IR file (or an in-memory model) for this CPU: latency first, every core we may use."""
     import openvino as ov
 
     config = {
@@ -57,7 +57,23 @@ def compile_for_cpu(path: Path, precision: str) -> Any:
         "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_NUM_THREADS": usable_cpu_count(),
     }
-    return ov.Core().compile_model(str(path), "CPU", config)
+    return ov.Core().compile_model(str(path) if isinstance(path, Path) else path, "CPU", config)
+
+
+def convert_module(module: torch.nn.Module, spec: ComponentSpec, dims: ModelDims) -> Any:
+    """A float32 torch module with the spec's inputs -> an in-memory OpenVINO model with dynamic axes."""
+    import openvino as ov
+
+    width, height = trace_size(dims)
+    samples = spec.sample_inputs(batch=2, width=width, height=height)
+    shapes = [ov.PartialShape([-1 if isinstance(d, str) else d for d in t.shape]) for t in spec.inputs]
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # diffusers branches on shapes in Python
+        warnings.simplefilter("ignore", DeprecationWarning)  # OpenVINO's converter traces with torch.jit
+        model = ov.convert_model(module, example_input=tuple(samples[name] for name in spec.input_names), input=shapes)
+    for port, name in zip(model.outputs, spec.output_names):
+        port.get_tensor().set_names({name})
+    return model
 
 
 def convert_to_openvino(module: torch.nn.Module, spec: ComponentSpec, dims: ModelDims, directory: Path) -> Path:
@@ -67,16 +83,7 @@ def convert_to_openvino(module: torch.nn.Module, spec: ComponentSpec, dims: Mode
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     try:
-        width, height = trace_size(dims)
-        samples = spec.sample_inputs(batch=2, width=width, height=height)
-        shapes = [ov.PartialShape([-1 if isinstance(d, str) else d for d in t.shape]) for t in spec.inputs]
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # diffusers branches on shapes in Python
-            model = ov.convert_model(
-                module, example_input=tuple(samples[name] for name in spec.input_names), input=shapes
-            )
-        for port, name in zip(model.outputs, spec.output_names):
-            port.get_tensor().set_names({name})
+        model = convert_module(module, spec, dims)
         ov.save_model(model, str(staging / IR_FILE), compress_to_fp16=True)
         del model
         staging.chmod(0o755)  # mkdtemp makes it private; the service may run as another user

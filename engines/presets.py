@@ -43,8 +43,8 @@ class SDXLComponents:
 
     tokenizer: Any
     tokenizer_2: Any
-    text_encoder: torch.nn.Module
-    text_encoder_2: torch.nn.Module
+    text_encoder: torch.nn.Module | None  # None once a build has dropped it (nothing is built from it)
+    text_encoder_2: torch.nn.Module | None
     unet: torch.nn.Module | None  # None when loaded for the text side only
     vae: torch.nn.Module | None
     scheduler_config: dict[str, Any]

@@ -55,6 +55,11 @@ class TorchTextEncoders:
         parts = [self._encode_one(prompt) for prompt in prompts]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
+    def disable_cache(self) -> None:
+        """Every call runs both encoders from now on (benchmarks time them, not the cache)."""
+        self.cache_size = 0
+        self._cache.clear()
+
     def _encode_one(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Called on the engine's thread only: the LRU needs no lock."""
         cached = self._cache.get(prompt)
