@@ -28,8 +28,13 @@ serve: install
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The CPU path as users get it: OpenVINO IR for sdxl-random (built once, ~9 min, ~20 GB peak; a
+# second run does nothing), the whole suite against the diffusers baseline, then the tiny VAE over HTTP.
+BENCH_ENGINES ?= build/engines-cpu
 bench: install
-	$(PY) -m benchmarks --model sdxl-random
+	$(PY) build_engines.py --model sdxl-random --out $(BENCH_ENGINES) --target cpu
+	$(PY) -m benchmarks --model sdxl-random --engine-dir $(BENCH_ENGINES)
+	$(PY) -m benchmarks --model sdxl-random --engine-dir $(BENCH_ENGINES) --vae tiny --sections http,cache_hits --out benchmarks/results/vae-tiny
 
 bench-quick: install
 	$(PY) -m benchmarks --quick

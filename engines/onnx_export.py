@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from engines.components import UNET, VAE_DECODER, ComponentSpec, ModelDims
+from engines.modules import UNetModule, VAEDecoderModule
 from engines.manifest import file_sha256
 from engines.presets import SDXLComponents
 
@@ -33,44 +34,9 @@ EXTERNAL_DATA_FILE = "model.onnx.data"
 PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2  # a margin for the graph itself
 
 
-class UNetForExport(torch.nn.Module):
-    """The UNet with the runner's signature: five tensors in, the predicted noise out."""
-
-    def __init__(self, unet: torch.nn.Module) -> None:
-        super().__init__()
-        self.unet = unet
-
-    def forward(
-        self,
-        sample: torch.Tensor,
-        timestep: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        text_embeds: torch.Tensor,
-        time_ids: torch.Tensor,
-    ) -> torch.Tensor:
-        return self.unet(
-            sample,
-            timestep,
-            encoder_hidden_states=encoder_hidden_states,
-            added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids},
-            return_dict=False,
-        )[0]
-
-
-class VAEDecoderForExport(torch.nn.Module):
-    """The VAE's decoder half: scaled latents in, an image in [-1, 1] out."""
-
-    def __init__(self, vae: torch.nn.Module) -> None:
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents, return_dict=False)[0]
-
-
 def export_modules(components: SDXLComponents) -> dict[str, torch.nn.Module]:
     """The modules to export, by component name; they must be float32."""
-    return {UNET: UNetForExport(components.unet).eval(), VAE_DECODER: VAEDecoderForExport(components.vae).eval()}
+    return {UNET: UNetModule(components.unet).eval(), VAE_DECODER: VAEDecoderModule(components.vae).eval()}
 
 
 def model_dims(components: SDXLComponents) -> ModelDims:

@@ -17,7 +17,7 @@ import torch
 from engines.base import EngineLimits
 from engines.components import UNET, VAE_DECODER, ComponentSpec
 from engines.manifest import Manifest
-from engines.onnx_export import VAEDecoderForExport
+from engines.modules import VAEDecoderModule
 from engines.openvino_export import compile_for_cpu, convert_module, inference_precision
 from engines.pipeline import SDXLTurboPipeline
 from engines.pipeline_engine import PipelineEngine
@@ -85,6 +85,6 @@ class OpenVINOEngine(PipelineEngine):
     def _compile_tiny_vae(self, tiny_vae: TorchVAEDecoder, specs: dict[str, ComponentSpec]) -> OpenVINORunner:
         """--vae tiny: no build made it, so convert the tiny autoencoder here (seconds; it is 1 M
         parameters) and compile it like the rest: OpenVINO runs it about twice as fast as torch."""
-        module = VAEDecoderForExport(tiny_vae.vae.float()).eval()
+        module = VAEDecoderModule(tiny_vae.vae.float()).eval()
         model = convert_module(module, specs[VAE_DECODER], self.manifest.dims)
         return OpenVINORunner(compile_for_cpu(model, self.precision), specs[VAE_DECODER])

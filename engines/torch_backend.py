@@ -11,6 +11,7 @@ import torch
 
 from engines.base import EngineLimits
 from engines.hardware import cpu_has_bf16, usable_cpu_count
+from engines.modules import UNetModule, VAEDecoderModule
 from engines.pipeline import PipelineConfig, SDXLTurboPipeline
 from engines.pipeline_engine import PipelineEngine
 from engines.presets import SDXLComponents, load_components
@@ -69,34 +70,26 @@ def per_item(fn: Callable[..., torch.Tensor], *batched: torch.Tensor) -> torch.T
 
 class TorchUNet:
     def __init__(self, unet: torch.nn.Module, dtype: torch.dtype, split_batch: bool) -> None:
-        self.unet, self.dtype, self.split_batch = unet, dtype, split_batch
+        self.module, self.dtype, self.split_batch = UNetModule(unet), dtype, split_batch
 
     @torch.inference_mode()
     def __call__(self, sample, timestep, encoder_hidden_states, text_embeds, time_ids) -> torch.Tensor:
-        args = [t.to(self.dtype) for t in (sample, encoder_hidden_states, text_embeds, time_ids)] + [timestep]
-        return (per_item(self._forward, *args) if self.split_batch else self._forward(*args)).float()
-
-    def _forward(self, sample, encoder_hidden_states, text_embeds, time_ids, timestep) -> torch.Tensor:
-        return self.unet(
-            sample,
-            timestep,
-            encoder_hidden_states=encoder_hidden_states,
-            added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids},
-            return_dict=False,
-        )[0]
+        sample, encoder_hidden_states, text_embeds, time_ids = (
+            t.to(self.dtype) for t in (sample, encoder_hidden_states, text_embeds, time_ids)
+        )
+        args = (sample, timestep, encoder_hidden_states, text_embeds, time_ids)
+        return (per_item(self.module, *args) if self.split_batch else self.module(*args)).float()
 
 
 class TorchVAEDecoder:
     def __init__(self, vae: torch.nn.Module, dtype: torch.dtype, split_batch: bool) -> None:
         self.vae, self.dtype, self.split_batch = vae, dtype, split_batch
+        self.module = VAEDecoderModule(vae)
 
     @torch.inference_mode()
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
         latents = latents.to(self.dtype)
-        return (per_item(self._decode, latents) if self.split_batch else self._decode(latents)).float()
-
-    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents, return_dict=False)[0]
+        return (per_item(self.module, latents) if self.split_batch else self.module(latents)).float()
 
 
 def use_all_cores(numerics: TorchNumerics) -> None:
