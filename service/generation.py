@@ -27,6 +27,12 @@ async def run_blocking(fn: Callable[..., T], *args: object) -> T:
 
 
 @dataclass(frozen=True)
+class Lookup:
+    truncated: list[str]  # prompt fields longer than the text encoders read
+    cached: bytes | None
+
+
+@dataclass(frozen=True)
 class ImageResult:
     data: bytes
     cache_status: str  # HIT, MISS or SHARED (joined an identical request being computed)
@@ -46,11 +52,21 @@ class ImageGenerator:
         info = self.engine.info
         return content_key(info.model_fingerprint, info.name, job.canonical())
 
-    async def truncated_fields(self, job: ImageJob) -> list[str]:
-        return await run_blocking(self.engine.truncated_fields, job.generation)
+    async def lookup(self, job: ImageJob, key: str) -> Lookup:
+        """What every request needs before it is answered, in one trip off the event loop: which
+        prompts the encoders will cut, and the cached image, if any."""
+        return await run_blocking(self._lookup, job, key)
+
+    def _lookup(self, job: ImageJob, key: str) -> Lookup:
+        return Lookup(self.engine.truncated_fields(job.generation), self.cache.get(key, job.output_format))
 
     async def get(self, job: ImageJob, key: str, deadline: float) -> ImageResult:
-        cached = await run_blocking(self.cache.get, key, job.output_format)
+        """The image for `job`: from the cache, or made (or joined) now."""
+        return await self.answer(job, key, deadline, await run_blocking(self.cache.get, key, job.output_format))
+
+    async def answer(self, job: ImageJob, key: str, deadline: float, cached: bytes | None) -> ImageResult:
+        """`cached` (a HIT) when the lookup found it, else the image made for this request (MISS) or
+        for an identical one already in flight (SHARED)."""
         if cached is not None:
             self.metrics.cache_result("HIT")
             return ImageResult(cached, "HIT")

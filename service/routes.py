@@ -91,10 +91,11 @@ async def generate_image(request: web.Request) -> web.Response:
     job = parse_generation_request(await read_json(request), request.app[LIMITS], request.headers.get("Accept"))
     generator = request.app[GENERATOR]
     key = generator.key(job)
-    headers = image_headers(request, job, key, await generator.truncated_fields(job))
+    found = await generator.lookup(job, key)
+    headers = image_headers(request, job, key, found.truncated)
     if etag_matches(request.headers.get("If-None-Match"), headers["ETag"]):
         return web.Response(status=304, headers=headers)
-    result = await within_deadline(generator.get(job, key, deadline), deadline)
+    result = await within_deadline(generator.answer(job, key, deadline, found.cached), deadline)
     headers["X-Cache"] = result.cache_status
     return web.Response(body=result.data, content_type=job.media_type, headers=headers)
 
