@@ -28,7 +28,7 @@ serve: install
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The CPU path as users get it: OpenVINO IR for sdxl-random (built once, ~9 min, ~20 GB peak; a
+# The CPU path as users get it: OpenVINO IR for sdxl-random (built once, ~7 min, 21 GB peak; a
 # second run does nothing), the whole suite against the diffusers baseline, then the tiny VAE over HTTP.
 BENCH_ENGINES ?= build/engines-cpu
 bench: install
