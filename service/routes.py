@@ -7,6 +7,7 @@ import base64
 import math
 import time
 from pathlib import Path
+from typing import Awaitable, TypeVar
 
 from aiohttp import web
 
@@ -18,6 +19,7 @@ from service.schema import ImageJob, decode_json_body, parse_generation_request,
 
 INDEX_PAGE = (Path(__file__).with_name("static") / "index.html").read_text()
 TIMEOUT_HEADER = "X-Request-Timeout"
+T = TypeVar("T")
 
 
 def add_routes(app: web.Application) -> None:
@@ -77,7 +79,7 @@ def require_ready(request: web.Request) -> None:
         raise NotReady(f"the model is not ready ({readiness.state})")
 
 
-async def within_deadline(awaitable, deadline: float):
+async def within_deadline(awaitable: Awaitable[T], deadline: float) -> T:
     """Await until the request's deadline; past it, 504 (the work itself may still fill the cache)."""
     try:
         return await asyncio.wait_for(awaitable, deadline - asyncio.get_running_loop().time())
