@@ -7,7 +7,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.helpers import ServiceProcess, run_build_engines
+from tests.helpers import ServiceProcess, run_build_engines, running_service
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +23,7 @@ def presets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_service(tmp_path_factory: pytest.TempPathFactory, presets_dir: Path) -> Iterator[ServiceProcess]:
     """One `python -m service --model tiny` for the HTTP tests of a session."""
-    service = ServiceProcess(
+    with running_service(
         [
             "--model", "tiny",
             # fp32: at the tiny model's widths, oneDNN's bf16 kernels are several times slower than fp32
@@ -32,13 +32,8 @@ def tiny_service(tmp_path_factory: pytest.TempPathFactory, presets_dir: Path) ->
             "--presets-dir", str(presets_dir),
             "--cache-dir", str(tmp_path_factory.mktemp("image-cache")),
         ]
-    )
-    try:
-        service.wait_ready()
+    ) as service:
         yield service
-    finally:
-        code = service.stop()
-        assert code == 0, f"the service did not exit cleanly ({code}):\n{service.log()}"
 
 
 @pytest.fixture

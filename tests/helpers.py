@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
@@ -10,7 +11,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from PIL import Image
 
@@ -110,3 +111,15 @@ def write_fake_engines(directory: Path, model: str = "tiny", with_plans: bool = 
         manifest.components[name] = ComponentEntry(artefact(f"{name}/model.onnx"), plan)
     manifest.write(directory)
     return manifest
+
+
+@contextlib.contextmanager
+def running_service(args: list[str], **kwargs: Any) -> Iterator[ServiceProcess]:
+    """`python -m service ARGS`, ready to serve; stopped with SIGTERM afterwards, which must exit 0."""
+    service = ServiceProcess(args, **kwargs)
+    try:
+        service.wait_ready()
+        yield service
+    finally:
+        code = service.stop()
+        assert code == 0, f"the service did not exit cleanly ({code}):\n{service.log()}"

@@ -10,12 +10,12 @@ import pytest
 
 from engines.base import GenerationRequest
 from engines.torch_backend import TorchEngine
-from tests.helpers import EXAMPLE_PROMPT, ServiceProcess, generate, request
+from tests.helpers import EXAMPLE_PROMPT, ServiceProcess, generate, request, running_service
 
 
 @pytest.fixture(scope="module")
 def onnx_service(onnx_engines: Path, presets_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    service = ServiceProcess(
+    with running_service(
         [
             "--model", "tiny",
             "--engine", "onnxruntime",
@@ -24,13 +24,8 @@ def onnx_service(onnx_engines: Path, presets_dir: Path, tmp_path_factory: pytest
             "--presets-dir", str(presets_dir),
             "--cache-dir", str(tmp_path_factory.mktemp("onnx-image-cache")),
         ]
-    )
-    try:
-        service.wait_ready()
+    ) as service:
         yield service
-    finally:
-        code = service.stop()
-        assert code == 0, f"the service did not exit cleanly ({code}):\n{service.log()}"
 
 
 def test_readyz_names_the_engine_and_why(onnx_service: ServiceProcess) -> None:

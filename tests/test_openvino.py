@@ -17,7 +17,7 @@ from engines.openvino_backend import OpenVINOEngine
 from engines.manifest import Manifest
 from engines.select import EngineRequest, select_engine
 from engines.torch_backend import TorchEngine
-from tests.helpers import EXAMPLE_PROMPT, ServiceProcess, generate, request, run_build_engines
+from tests.helpers import EXAMPLE_PROMPT, ServiceProcess, generate, request, run_build_engines, running_service
 
 REQUESTS = [GenerationRequest(prompt=EXAMPLE_PROMPT, seed=42), GenerationRequest(prompt="a red bicycle", seed=7, num_inference_steps=2)]
 
@@ -115,15 +115,11 @@ def test_auto_refuses_another_models_build(openvino_engines: Path, monkeypatch) 
 
 @pytest.fixture(scope="module")
 def openvino_service(openvino_engines: Path, presets_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    service = ServiceProcess(
+    with running_service(
         ["--model", "tiny", "--engine-dir", str(openvino_engines), "--presets-dir", str(presets_dir),
          "--cache-dir", str(tmp_path_factory.mktemp("openvino-image-cache"))]
-    )
-    try:
-        service.wait_ready()
+    ) as service:
         yield service
-    finally:
-        assert service.stop() == 0, service.log()
 
 
 def test_the_service_serves_openvino_images_over_http(openvino_service: ServiceProcess) -> None:

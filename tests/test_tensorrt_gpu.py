@@ -21,7 +21,7 @@ from engines.presets import build_tiny_components
 from engines.select import EngineRequest, select_engine
 from engines.tensorrt_backend import LoadedPlans, tensorrt_version
 from engines.torch_backend import TorchEngine
-from tests.helpers import EXAMPLE_PROMPT, ServiceProcess, generate, request, run_build_engines
+from tests.helpers import EXAMPLE_PROMPT, ServiceProcess, generate, request, run_build_engines, running_service
 
 pytestmark = [
     pytest.mark.gpu,
@@ -108,7 +108,7 @@ def test_auto_picks_tensorrt_and_makes_the_torch_picture(trt_engines: Path, pres
 
 @pytest.fixture(scope="module")
 def trt_service(trt_engines: Path, presets_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    service = ServiceProcess(
+    with running_service(
         [
             "--model", "tiny",
             "--engine", "auto",
@@ -116,12 +116,8 @@ def trt_service(trt_engines: Path, presets_dir: Path, tmp_path_factory: pytest.T
             "--presets-dir", str(presets_dir),
             "--cache-dir", str(tmp_path_factory.mktemp("trt-image-cache")),
         ]
-    )
-    try:
-        service.wait_ready()
+    ) as service:
         yield service
-    finally:
-        assert service.stop() == 0, service.log()
 
 
 def test_the_service_serves_a_tensorrt_image(trt_service: ServiceProcess) -> None:

@@ -14,7 +14,7 @@ from engines.manifest import Manifest
 from engines.openvino_backend import OpenVINOEngine
 from engines.select import EngineRequest, select_engine
 from engines.torch_backend import TorchEngine
-from tests.helpers import EXAMPLE_PROMPT, ServiceProcess, generate
+from tests.helpers import EXAMPLE_PROMPT, ServiceProcess, generate, running_service
 
 REQUEST = GenerationRequest(prompt=EXAMPLE_PROMPT, seed=5)
 
@@ -60,15 +60,11 @@ def test_engines_without_a_tiny_autoencoder_say_so(backend: str, onnx_engines: P
 
 @pytest.fixture(scope="module")
 def tiny_vae_service(presets_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    service = ServiceProcess(
+    with running_service(
         ["--model", "tiny", "--vae", "tiny", "--presets-dir", str(presets_dir),
          "--cache-dir", str(tmp_path_factory.mktemp("tiny-vae-cache"))]
-    )
-    try:
-        service.wait_ready()
+    ) as service:
         yield service
-    finally:
-        assert service.stop() == 0, service.log()
 
 
 def test_tiny_vae_images_are_served_under_their_own_key(tiny_vae_service: ServiceProcess, tiny_service: ServiceProcess) -> None:
