@@ -9,7 +9,6 @@ import signal
 import threading
 import time
 
-import pytest
 
 from service.app import SCHEDULER, drain
 from tests.engines import ControlledEngine
