@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from engines.build import PRECISIONS, TARGETS, BuildError, BuildRequest, build
-from engines.components import BuildRange, Size
-from engines.presets import DEFAULT_MODEL
+from engines.base import BUILD_PRECISIONS, DEFAULT_MODEL, TARGETS
+from engines.build.builder import BuildError, BuildRequest, build
+from engines.core.specs import BuildRange, Size
 
 logger = logging.getLogger("build_engines")
 
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", default=DEFAULT_MODEL, help="tiny | sdxl-random | a hub id | a local pipeline directory")
     parser.add_argument("--out", type=Path, default=Path("build/engines"), help="where the files and manifest.json go")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp16", help="the UNet's TensorRT precision (the VAE is never fp16)")
+    parser.add_argument("--precision", choices=BUILD_PRECISIONS, default="fp16", help="the UNet's TensorRT precision (the VAE is never fp16)")
     parser.add_argument("--batch", type=parse_batch, default=(1, 1), help="requests per batch: N or MIN-MAX (default 1)")
     sizes = parser.add_mutually_exclusive_group()
     sizes.add_argument("--sizes", type=parse_sizes, help="exact image sizes, e.g. 512x512,768x768 (default 512x512)")

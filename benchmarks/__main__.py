@@ -22,7 +22,7 @@ import torch
 from benchmarks.plan import plan_for
 from benchmarks.report import markdown, write_reports
 from benchmarks.suite import SECTIONS, Options, run_suite
-from service.settings import ENGINES
+from engines.base import DEVICES, ENGINES, VAES
 
 RESULTS_DIR = Path(__file__).with_name("results")  # committed: the figures the README quotes
 SCRATCH_DIR = Path(__file__).with_name("scratch")  # ignored: quick runs
@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the service's backend; with auto, components time every backend present",
     )
     parser.add_argument("--engine-dir", type=Path, default=Path("build/engines"), help="where build_engines.py wrote engines")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--vae", default="full", choices=("full", "tiny"), help="the service's VAE (tiny: TAESD-XL)")
+    parser.add_argument("--device", default="auto", choices=DEVICES)
+    parser.add_argument("--vae", default="full", choices=VAES, help="the service's VAE (tiny: TAESD-XL)")
     parser.add_argument("--quick", action="store_true", help="every section, few repeats, the tiny model: under a minute")
     parser.add_argument("--out", type=Path, help=f"output directory (default: {RESULTS_DIR}; {SCRATCH_DIR} with --quick)")
     parser.add_argument("--sections", type=sections, default=SECTIONS, help=f"a subset of {','.join(SECTIONS)}")

@@ -17,8 +17,8 @@ import torch
 from benchmarks.machine import synchronizer
 from benchmarks.plan import Plan
 from benchmarks.timing import measure
-from engines.pipeline import make_scheduler
-from engines.presets import SDXLComponents
+from engines.core.pipeline import make_scheduler
+from engines.models.components import SDXLComponents
 
 logger = logging.getLogger(__name__)
 

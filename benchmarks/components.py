@@ -28,9 +28,10 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from benchmarks.machine import matmul_seconds, peak_rates, synchronizer
 from benchmarks.plan import Plan
 from benchmarks.timing import measure
-from engines.pipeline import SDXLTurboPipeline, UNetRunner, VAEDecoderRunner, latent_shape, to_uint8
-from engines.presets import SDXLComponents
-from engines.torch_backend import TorchNumerics, choose_numerics
+from engines.core.numerics import TorchNumerics, choose_numerics
+from engines.core.pipeline import SDXLTurboPipeline, UNetRunner, VAEDecoderRunner, to_uint8
+from engines.core.sdxl import latent_shape, time_ids
+from engines.models.components import SDXLComponents
 from service.imaging import encode_image
 
 logger = logging.getLogger(__name__)
@@ -98,20 +99,20 @@ BACKENDS: tuple[Backend, ...] = (
     Backend(
         "onnxruntime",
         precisions=lambda device: ("fp32",) if device == "cpu" else ("fp16",),
-        build=_module_runners("engines.onnxruntime_backend"),
-        module="engines.onnxruntime_backend",
+        build=_module_runners("engines.backends.onnxruntime_engine"),
+        module="engines.backends.onnxruntime_engine",
     ),
     Backend(
         "openvino",
         precisions=lambda device: ("fp32",) if device == "cpu" else (),
-        build=_module_runners("engines.openvino_backend"),
-        module="engines.openvino_backend",
+        build=_module_runners("engines.backends.openvino_engine"),
+        module="engines.backends.openvino_engine",
     ),
     Backend(
         "tensorrt",
         precisions=lambda device: ("fp16",) if device == "cuda" else (),
-        build=_module_runners("engines.tensorrt_backend"),
-        module="engines.tensorrt_backend",
+        build=_module_runners("engines.backends.tensorrt_engine"),
+        module="engines.backends.tensorrt_engine",
         vae_precision=_torch_vae_precision,
     ),
 )
@@ -198,7 +199,7 @@ def measure_components(
     generator = torch.Generator("cpu").manual_seed(0)
     latents = torch.randn(latent_shape(plan.size, plan.size), generator=generator).to(device)
     timestep = torch.tensor([999.0], device=device)
-    time_ids = torch.tensor([[plan.size, plan.size, 0, 0, plan.size, plan.size]], dtype=torch.float32, device=device)
+    conditioning_ids = time_ids(plan.size, plan.size, device=device)
     scaled_latents = latents / pipeline.config.vae_scaling_factor
 
     pipeline.text_encoder.disable_cache()  # time the encoders, not the service's prompt-embedding cache
@@ -211,7 +212,7 @@ def measure_components(
         except (BackendSkipped, ImportError) as exc:
             notes.append(f"{backend.name} {precision}: skipped, {exc}")
             continue
-        timer.time("unet_step", backend.name, precision, lambda u=unet: u(latents, timestep, prompt_embeds, pooled, time_ids))
+        timer.time("unet_step", backend.name, precision, lambda u=unet: u(latents, timestep, prompt_embeds, pooled, conditioning_ids))
         vae_precision = backend.vae_precision(precision, device.type)
         timer.time("vae_decode", backend.name, vae_precision, lambda v=vae_decoder: v(scaled_latents))
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 
 from benchmarks.timing import Stats, measure
-from engines.hardware import cpu_flags, cpu_has_bf16, usable_cpu_count
+from engines.core.hardware import cpu_flags, cpu_has_bf16, usable_cpu_count
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Flags that decide how fast dense arithmetic can go; the full list is long and says little more.

@@ -17,7 +17,7 @@ from benchmarks.machine import synchronizer
 from benchmarks.plan import Plan
 from benchmarks.timing import measure
 from engines.base import GenerationRequest
-from engines.pipeline import SDXLTurboPipeline
+from engines.core.pipeline import SDXLTurboPipeline
 
 logger = logging.getLogger(__name__)
 LINEAR_TOLERANCE = 0.10  # within 10% of the straight line counts as linear

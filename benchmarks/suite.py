@@ -30,8 +30,8 @@ from benchmarks.machine import device_precisions, load_average, machine_facts, m
 from benchmarks.plan import Plan
 from benchmarks.summary import summarize
 from benchmarks.workers import PrecisionJob, run_precision_job
-from engines.hardware import cpu_has_bf16, usable_cpu_count
-from engines.torch_backend import choose_numerics
+from engines.core.hardware import cpu_has_bf16, usable_cpu_count
+from engines.core.numerics import choose_numerics
 
 logger = logging.getLogger(__name__)
 SECTIONS = ("components", "baseline", "http", "cache_hits", "scale")

@@ -23,9 +23,10 @@ from benchmarks.isolation import own_peak_rss_bytes
 from benchmarks.machine import load_average
 from benchmarks.plan import Plan
 from benchmarks.scale import measure_scale
-from engines.hardware import usable_cpu_count
-from engines.presets import load_components
-from engines.torch_backend import build_torch_pipeline, choose_numerics
+from engines.core.hardware import usable_cpu_count
+from engines.backends.torch_runners import build_torch_pipeline
+from engines.core.numerics import choose_numerics
+from engines.models.sources import load_components
 
 logger = logging.getLogger(__name__)
 

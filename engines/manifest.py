@@ -6,17 +6,15 @@ GPU or TensorRT version does not match is refused, with a message that says how 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from engines.base import EngineUnavailable
-from engines.components import COMPONENTS, BuildRange, ModelDims
-from engines.hardware import GpuInfo
+from engines.core.files import bytes_sha256, file_sha256, write_atomically
+from engines.core.hardware import GpuInfo
+from engines.core.specs import COMPILED_COMPONENTS, BuildRange, ModelDims
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -27,18 +25,6 @@ BUILD_FLAGS: dict[str, str] = {"onnx": " --onnx-only", "plan": "", "openvino": "
 
 class ManifestError(EngineUnavailable):
     """A manifest or an engine file that must not be used; the message says how to rebuild."""
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
-
-
-def bytes_sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def inputs_key(inputs: dict[str, Any]) -> str:
@@ -121,13 +107,7 @@ class Manifest:
 
     def write(self, directory: Path) -> None:
         """Atomically: a reader sees the old manifest or the new one, never half of one."""
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(prefix=".manifest-", suffix=".json", dir=directory)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(self.to_json(), handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; the service may run as another user
-        os.replace(temporary, directory / MANIFEST_NAME)
+        write_atomically(directory / MANIFEST_NAME, json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def read(cls, directory: Path, model: str = "MODEL", kind: ArtefactKind = "plan") -> Manifest:
@@ -168,7 +148,7 @@ class Manifest:
     def check_tensorrt(self, directory: Path, gpu: GpuInfo, tensorrt_version: str) -> None:
         """Refuse plans that are missing, or built for another GPU or another TensorRT."""
         hint = "; rebuild on this machine with " + self.rebuild_command(directory)
-        missing = [name for name in COMPONENTS if name not in self.components or self.components[name].plan is None]
+        missing = [name for name in COMPILED_COMPONENTS if name not in self.components or self.components[name].plan is None]
         if missing:
             raise ManifestError(f"{directory} holds no TensorRT plans for {', '.join(missing)} (an --onnx-only build?){hint}")
         if self.gpu != gpu:
@@ -192,7 +172,7 @@ class Manifest:
 
     def verify_files(self, directory: Path, kind: ArtefactKind) -> None:
         """Hash every file of every component's `kind` artefact against the manifest; refuse any difference."""
-        for component in COMPONENTS:
+        for component in COMPILED_COMPONENTS:
             for relative, expected in self.artefact(directory, component, kind).files.items():
                 self.verify_file(directory, relative, expected, kind)
 

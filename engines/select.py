@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Callable, Union
 
 from engines.base import EngineUnavailable, ImageEngine
-from engines.hardware import GpuInfo, cuda_gpu
-from engines.components import COMPONENTS
+from engines.core.hardware import GpuInfo, cuda_gpu
+from engines.core.specs import COMPILED_COMPONENTS
 from engines.manifest import ArtefactKind, Manifest, ManifestError
-from engines.presets import known_fingerprint
+from engines.models.presets import known_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def probe_gpu() -> GpuInfo | None:
 
 
 def probe_tensorrt() -> str | None:
-    from engines.tensorrt_backend import tensorrt_version
+    from engines.backends.tensorrt_engine import tensorrt_version
 
     return tensorrt_version()
 
@@ -78,7 +78,7 @@ def tensorrt_candidate(request: EngineRequest) -> Candidate:
         return "no CUDA GPU is visible"
     version = probe_tensorrt()
     if version is None:
-        from engines.tensorrt_backend import INSTALL_HINT
+        from engines.backends.tensorrt_engine import INSTALL_HINT
 
         return f"TensorRT is not installed ({INSTALL_HINT})"
     try:
@@ -87,7 +87,7 @@ def tensorrt_candidate(request: EngineRequest) -> Candidate:
         _check_model_and_files(request, manifest, "plan")
     except ManifestError as exc:
         return str(exc)
-    from engines.tensorrt_backend import TensorRTEngine
+    from engines.backends.tensorrt_engine import TensorRTEngine
 
     return TensorRTEngine(request.model, request.engine_dir, manifest, request.presets_dir)
 
@@ -102,7 +102,7 @@ def onnxruntime_candidate(request: EngineRequest) -> Candidate:
         _check_model_and_files(request, manifest, "onnx")
     except ManifestError as exc:
         return str(exc)
-    from engines.onnxruntime_backend import OnnxRuntimeEngine
+    from engines.backends.onnxruntime_engine import OnnxRuntimeEngine
 
     return OnnxRuntimeEngine(
         request.model, request.engine_dir, manifest, request.device, request.precision, request.presets_dir
@@ -110,7 +110,7 @@ def onnxruntime_candidate(request: EngineRequest) -> Candidate:
 
 
 def probe_openvino() -> str | None:
-    from engines.openvino_export import openvino_version
+    from engines.backends.openvino_engine import openvino_version
 
     return openvino_version()
 
@@ -120,16 +120,16 @@ def openvino_candidate(request: EngineRequest) -> Candidate:
         return "--device cuda asks for the GPU"
     version = probe_openvino()
     if version is None:
-        from engines.openvino_export import INSTALL_HINT
+        from engines.backends.openvino_engine import INSTALL_HINT
 
         return f"OpenVINO is not installed ({INSTALL_HINT})"
     try:
         manifest = Manifest.read(request.engine_dir, request.model, "openvino")
-        manifest.artefact(request.engine_dir, COMPONENTS[0], "openvino")  # a --target cpu build at all?
+        manifest.artefact(request.engine_dir, COMPILED_COMPONENTS[0], "openvino")  # a --target cpu build at all?
         _check_model_and_files(request, manifest, "openvino")
     except ManifestError as exc:
         return str(exc)
-    from engines.openvino_backend import OpenVINOEngine
+    from engines.backends.openvino_engine import OpenVINOEngine
 
     return OpenVINOEngine(
         request.model, request.engine_dir, manifest, request.precision, request.presets_dir, vae=request.vae
@@ -144,7 +144,7 @@ CANDIDATES: dict[str, Callable[[EngineRequest], Candidate]] = {
 
 
 def _torch(request: EngineRequest) -> ImageEngine:
-    from engines.torch_backend import TorchEngine
+    from engines.backends.torch_engine import TorchEngine
 
     return TorchEngine(request.model, request.device, request.precision, request.presets_dir, vae=request.vae)
 

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from engines.base import DEFAULT_MODEL
+from engines.base import DEFAULT_MODEL, DEVICES, ENGINES, PRECISIONS, VAES
 
 ENV_PREFIX = "SDXL_"
-ENGINES = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3}
 
 
@@ -97,9 +96,9 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "model": (_nonempty, "tiny | sdxl-random | a Hugging Face hub id | a local pipeline directory"),
     "engine": (_choice(ENGINES), "inference backend; auto picks the fastest that can run here"),
     "engine_dir": (Path, "where build_engines.py wrote engines and manifest.json"),
-    "device": (_choice(("auto", "cpu", "cuda")), "where PyTorch runs; cpu also keeps auto and onnxruntime off the GPU"),
-    "precision": (_choice(("auto", "fp32", "bf16", "fp16")), "torch precision; auto: fp16 on CUDA, bf16 on CPUs that have it, else fp32"),
-    "vae": (_choice(("full", "tiny")), "full: the SDXL VAE; tiny: the tiny autoencoder (TAESD-XL), fast previews"),
+    "device": (_choice(DEVICES), "where PyTorch runs; cpu also keeps auto and onnxruntime off the GPU"),
+    "precision": (_choice(PRECISIONS), "torch precision; auto: fp16 on CUDA, bf16 on CPUs that have it, else fp32"),
+    "vae": (_choice(VAES), "full: the SDXL VAE; tiny: the tiny autoencoder (TAESD-XL), fast previews"),
     "host": (_nonempty, "address to listen on"),
     "port": (_bounded(int, 1, 65535), "port to listen on"),
     "cache_dir": (Path, "image cache directory (private to the service user)"),

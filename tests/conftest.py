@@ -13,7 +13,7 @@ from tests.helpers import ServiceProcess, run_build_engines, running_service
 @pytest.fixture(scope="session")
 def presets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Where the tiny preset is built and saved (once per test session)."""
-    from engines.presets import ensure_tiny_directory
+    from engines.models.presets import ensure_tiny_directory
 
     directory = tmp_path_factory.mktemp("presets")
     ensure_tiny_directory(directory)

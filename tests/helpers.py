@@ -82,10 +82,11 @@ FAKE_TENSORRT = "10.8.0.43"
 def write_fake_engines(directory: Path, model: str = "tiny", with_plans: bool = True) -> Any:
     """An engine directory as build_engines.py leaves it, with stand-in bytes for the ONNX graphs and
     plans (for tests of the manifest and of --engine selection, which never run them)."""
-    from engines.components import COMPONENTS, BuildRange, ModelDims
-    from engines.hardware import GpuInfo
-    from engines.manifest import Artefact, ComponentEntry, Manifest, file_sha256
-    from engines.presets import known_fingerprint
+    from engines.core.specs import COMPILED_COMPONENTS, BuildRange, ModelDims
+    from engines.core.hardware import GpuInfo
+    from engines.core.files import file_sha256
+    from engines.manifest import Artefact, ComponentEntry, Manifest
+    from engines.models.presets import known_fingerprint
 
     manifest = Manifest(
         model=model,
@@ -95,7 +96,7 @@ def write_fake_engines(directory: Path, model: str = "tiny", with_plans: bool = 
         versions={"torch": "2.13.0", "diffusers": "0.42.1", "onnx": "1.23.2", "tensorrt": FAKE_TENSORRT if with_plans else None},
         gpu=GpuInfo(*FAKE_GPU) if with_plans else None,
     )
-    for name in COMPONENTS:
+    for name in COMPILED_COMPONENTS:
         (directory / name).mkdir(parents=True, exist_ok=True)
         files = {f"{name}/model.onnx": b"graph of " + name.encode()}
         if with_plans:

@@ -94,7 +94,7 @@ def test_quick_chart_is_a_png(quick_run: dict[str, Path]) -> None:
 
 def test_flop_count_includes_cpu_attention() -> None:
     """On the CPU, attention runs as a fused op FlopCounterMode does not know; our count must include it."""
-    from engines.presets import build_tiny_components
+    from engines.models.presets import build_tiny_components
 
     unet = build_tiny_components().unet
     inputs = (torch.randn(1, 4, 32, 32), torch.tensor([999.0]), torch.randn(1, 77, 64))

@@ -7,9 +7,9 @@ import inspect
 import pytest
 import torch
 
-from engines.components import UNET, VAE_DECODER, BuildRange, ModelDims
-from engines.pipeline import UNetRunner, VAEDecoderRunner
-from engines.presets import architecture
+from engines.core.specs import UNET, VAE_DECODER, BuildRange, ModelDims
+from engines.core.pipeline import UNetRunner, VAEDecoderRunner
+from engines.models.presets import architecture
 
 TINY = ModelDims(hidden_size=64, pooled_size=32, upsample_factor=2)
 

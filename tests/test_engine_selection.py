@@ -12,7 +12,7 @@ import torch
 
 from engines import select
 from engines.base import EngineUnavailable
-from engines.hardware import GpuInfo
+from engines.core.hardware import GpuInfo
 from engines.select import EngineRequest, select_engine
 from tests.helpers import FAKE_GPU, FAKE_TENSORRT, REPO, write_fake_engines
 

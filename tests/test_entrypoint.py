@@ -111,7 +111,7 @@ def test_healthcheck_fails_when_nothing_answers() -> None:
     not (REPO / "build_engines.py").exists(), reason="build_engines.py is not in this tree yet (the engines issue adds it)"
 )
 def test_build_engines_job_writes_onnx_and_a_manifest(tmp_path: Path, presets_dir: Path) -> None:
-    from engines.presets import tiny_fingerprint
+    from engines.models.presets import tiny_fingerprint
 
     engine_dir = tmp_path / "engines"
     env = job_env(

@@ -82,7 +82,7 @@ async def test_a_client_that_disconnects_frees_its_place(make_client):
 
 async def test_batched_requests_get_exactly_their_own_images(make_client, presets_dir):
     """Four requests in one UNet batch give byte for byte what each gets alone (each keeps its seed)."""
-    from engines.torch_backend import TorchEngine
+    from engines.backends.torch_engine import TorchEngine
 
     batched_engine = TorchEngine("tiny", "cpu", presets_dir=presets_dir)
     sizes: list[int] = []

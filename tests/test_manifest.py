@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from engines.hardware import GpuInfo
-from engines.manifest import MANIFEST_NAME, Manifest, ManifestError, bytes_sha256, file_sha256, inputs_key
+from engines.core.hardware import GpuInfo
+from engines.core.files import bytes_sha256, file_sha256
+from engines.manifest import MANIFEST_NAME, Manifest, ManifestError, inputs_key
 from tests.helpers import FAKE_GPU, FAKE_TENSORRT, write_fake_engines
 
 REBUILD = "python build_engines.py --model tiny --out {dir} --batch 1-4 --sizes 512x512,768x768"

@@ -9,10 +9,12 @@ import onnx
 import pytest
 import torch
 
-from engines import onnx_export
-from engines.components import UNET, VAE_DECODER, ModelDims
-from engines.onnx_export import check_onnx, compare, export_modules, export_onnx, model_dims, onnxruntime_session
-from engines.presets import build_tiny_components
+from engines.build import onnx_export
+from engines.core.specs import UNET, VAE_DECODER, ModelDims
+from engines.backends.onnxruntime_engine import onnxruntime_session
+from engines.build.checks import compare
+from engines.build.onnx_export import check_onnx, export_modules, export_onnx, model_dims
+from engines.models.presets import build_tiny_components
 
 TIGHT = 1e-4  # float32 against float32: differences are rounding only
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from engines.base import GenerationRequest
-from engines.torch_backend import TorchEngine
+from engines.backends.torch_engine import TorchEngine
 from tests.helpers import EXAMPLE_PROMPT, ServiceProcess, generate, request, running_service
 
 

@@ -12,11 +12,11 @@ import pytest
 
 from engines import select
 from engines.base import GenerationRequest
-from engines.hardware import cpu_has_bf16
-from engines.openvino_backend import OpenVINOEngine
+from engines.core.hardware import cpu_has_bf16
+from engines.backends.openvino_engine import OpenVINOEngine
 from engines.manifest import Manifest
 from engines.select import EngineRequest, select_engine
-from engines.torch_backend import TorchEngine
+from engines.backends.torch_engine import TorchEngine
 from tests.helpers import EXAMPLE_PROMPT, ServiceProcess, generate, request, run_build_engines, running_service
 
 REQUESTS = [GenerationRequest(prompt=EXAMPLE_PROMPT, seed=42), GenerationRequest(prompt="a red bicycle", seed=7, num_inference_steps=2)]

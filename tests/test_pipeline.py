@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from engines.base import GenerationRequest
-from engines.pipeline import make_scheduler
-from engines.presets import build_tiny_components, load_components
-from engines.torch_backend import build_torch_pipeline, choose_numerics
+from engines.core.pipeline import make_scheduler
+from engines.backends.torch_runners import build_torch_pipeline
+from engines.core.numerics import choose_numerics
+from engines.models.presets import build_tiny_components
+from engines.models.sources import load_components
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +103,7 @@ def test_a_directory_that_is_not_a_pipeline_is_refused(tmp_path: Path):
 
 
 def test_prompt_embedding_cache_skips_the_encoders_and_changes_nothing(tiny_fp32):
-    from engines.text_encoders import TorchTextEncoders
+    from engines.core.text_encoders import TorchTextEncoders
 
     c = tiny_fp32
     calls = []

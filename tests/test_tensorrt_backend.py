@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from engines import tensorrt_backend
+from engines.build import tensorrt_plans
 from engines.base import EngineError
-from engines.components import UNET, BuildRange, ModelDims
-from engines.tensorrt_backend import PlanBuildError, TensorRTRunner, build_plan, vae_precision
+from engines.core.specs import UNET, BuildRange, ModelDims
+from engines.backends.tensorrt_engine import TensorRTRunner
+from engines.build.tensorrt_plans import PlanBuildError, build_plan
+from engines.core.numerics import tensorrt_vae_precision as vae_precision
 
 SPEC = ModelDims(hidden_size=64, pooled_size=32, upsample_factor=2).specs()[UNET]
 NUMPY = {"FLOAT": (ctypes.c_float, np.float32), "HALF": (ctypes.c_uint16, np.float16)}
@@ -244,7 +246,7 @@ def test_the_timing_cache_carries_over_between_builds(monkeypatch, tmp_path: Pat
 def test_the_builder_reports_progress_in_the_log(monkeypatch, tmp_path: Path, caplog) -> None:
     fake = build(monkeypatch, tmp_path)
     monitor = fake.calls["config"].progress_monitor
-    with caplog.at_level(logging.INFO, logger=tensorrt_backend.__name__):
+    with caplog.at_level(logging.INFO, logger=tensorrt_plans.__name__):
         monitor.phase_start("Building engine", None, 3)
         monitor.phase_start("Tactic selection", "Building engine", 40)  # nested: not logged
         assert monitor.step_complete("Building engine", 1) is True  # True: go on

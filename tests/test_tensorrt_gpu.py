@@ -13,14 +13,15 @@ import pytest
 import torch
 
 from engines.base import EngineError, GenerationRequest
-from engines.components import UNET, VAE_DECODER
-from engines.hardware import cuda_gpu
+from engines.core.specs import UNET, VAE_DECODER
+from engines.core.hardware import cuda_gpu
 from engines.manifest import Manifest
-from engines.onnx_export import compare, export_modules
-from engines.presets import build_tiny_components
+from engines.build.checks import compare
+from engines.build.onnx_export import export_modules
+from engines.models.presets import build_tiny_components
 from engines.select import EngineRequest, select_engine
-from engines.tensorrt_backend import LoadedPlans, tensorrt_version
-from engines.torch_backend import TorchEngine
+from engines.backends.tensorrt_engine import LoadedPlans, tensorrt_version
+from engines.backends.torch_engine import TorchEngine
 from tests.helpers import EXAMPLE_PROMPT, ServiceProcess, generate, request, run_build_engines, running_service
 
 pytestmark = [

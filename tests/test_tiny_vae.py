@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from engines.base import EngineUnavailable, GenerationRequest
-from engines.hardware import cpu_has_bf16
+from engines.core.hardware import cpu_has_bf16
 from engines.manifest import Manifest
-from engines.openvino_backend import OpenVINOEngine
+from engines.backends.openvino_engine import OpenVINOEngine
 from engines.select import EngineRequest, select_engine
-from engines.torch_backend import TorchEngine
+from engines.backends.torch_engine import TorchEngine
 from tests.helpers import EXAMPLE_PROMPT, ServiceProcess, generate, running_service
 
 REQUEST = GenerationRequest(prompt=EXAMPLE_PROMPT, seed=5)

@@ -1,60 +1,21 @@
-"""PyTorch runners: the CPU fallback (bf16 where the processor has it, else fp32) and CUDA without engines."""
+"""PyTorch pieces every backend uses: the UNet and VAE runners, and the text side (both CLIP encoders,
+the loop's config, the model's fingerprint) that the compiled backends keep in PyTorch."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from engines.base import EngineLimits
-from engines.hardware import cpu_has_bf16, usable_cpu_count
-from engines.modules import UNetModule, VAEDecoderModule
-from engines.pipeline import PipelineConfig, SDXLTurboPipeline
-from engines.pipeline_engine import PipelineEngine
-from engines.presets import SDXLComponents, load_components
-from engines.text_encoders import TorchTextEncoders
-
-logger = logging.getLogger(__name__)
-
-
-PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
-@dataclass(frozen=True)
-class TorchNumerics:
-    device: torch.device
-    dtype: torch.dtype  # text encoders and UNet
-    vae_dtype: torch.dtype  # the SDXL VAE overflows in fp16: never fp16
-
-    @property
-    def splits_batches(self) -> bool:
-        """CPU runners go item by item (see `per_item`): a request's bytes never depend on its batch."""
-        return self.device.type == "cpu"
-
-    @property
-    def label(self) -> str:
-        label = f"{self.device.type}-{PRECISION_NAMES[self.dtype]}"
-        return label if self.vae_dtype == self.dtype else f"{label}-vae-{PRECISION_NAMES[self.vae_dtype]}"
-
-
-def choose_numerics(device: str = "auto", precision: str = "auto") -> TorchNumerics:
-    """CUDA: fp16 with the VAE in bf16 (or fp32). CPU: bf16 where native, else fp32."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if precision == "auto":
-        if dev.type == "cuda":
-            precision = "fp16"
-        else:
-            precision = "bf16" if cpu_has_bf16() else "fp32"
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    vae_dtype = dtype
-    if dtype == torch.float16:
-        vae_dtype = torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    return TorchNumerics(dev, dtype, vae_dtype)
+from engines.core.hardware import usable_cpu_count
+from engines.core.modules import UNetModule, VAEDecoderModule
+from engines.core.numerics import TorchNumerics
+from engines.core.pipeline import PipelineConfig, SDXLTurboPipeline
+from engines.core.text_encoders import TorchTextEncoders
+from engines.models.components import SDXLComponents
+from engines.models.sources import load_components
 
 
 def per_item(fn: Callable[..., torch.Tensor], *batched: torch.Tensor) -> torch.Tensor:
@@ -126,6 +87,12 @@ def pipeline_config(components: SDXLComponents) -> PipelineConfig:
     )
 
 
+def torch_vae_decoder(components: SDXLComponents, numerics: TorchNumerics) -> TorchVAEDecoder:
+    """The SDXL VAE never in fp16 (it overflows); the tiny autoencoder is safe in the engine's own dtype."""
+    dtype = numerics.dtype if components.tiny_vae else numerics.vae_dtype
+    return TorchVAEDecoder(_place(components.vae, numerics.device, dtype), dtype, numerics.splits_batches)
+
+
 def build_torch_pipeline(components: SDXLComponents, numerics: TorchNumerics) -> SDXLTurboPipeline:
     """Move components to their device and dtype and wrap them as the loop's runners."""
     device = numerics.device
@@ -136,17 +103,6 @@ def build_torch_pipeline(components: SDXLComponents, numerics: TorchNumerics) ->
         pipeline_config(components),
         device,
     )
-
-
-def torch_vae_decoder(components: SDXLComponents, numerics: TorchNumerics) -> TorchVAEDecoder:
-    """The SDXL VAE never in fp16 (it overflows); the tiny autoencoder is safe in the engine's own dtype."""
-    dtype = numerics.dtype if components.tiny_vae else numerics.vae_dtype
-    return TorchVAEDecoder(_place(components.vae, numerics.device, dtype), dtype, numerics.splits_batches)
-
-
-def vae_suffix(vae: str) -> str:
-    """Engine names say when the tiny autoencoder decodes: a different picture, a different cache key."""
-    return "-taesd" if vae == "tiny" else ""
 
 
 @dataclass
@@ -167,38 +123,9 @@ def load_text_side(model: str, numerics: TorchNumerics, presets_dir: Path | None
     """
     use_all_cores(numerics)
     components = load_components(model, numerics.dtype, presets_dir, vae, text_only=True)
-    side = TorchSide(
+    return TorchSide(
         torch_text_encoders(components, numerics),
         pipeline_config(components),
         components.fingerprint,
         torch_vae_decoder(components, numerics) if components.tiny_vae else None,
     )
-    return side
-
-
-class TorchEngine(PipelineEngine):
-    """The SDXL Turbo loop on PyTorch modules; the path that always works."""
-
-    def __init__(
-        self,
-        model: str,
-        device: str = "auto",
-        precision: str = "auto",
-        presets_dir: Path | None = None,
-        selection_reason: str = "",
-        limits: EngineLimits | None = None,
-        vae: str = "full",
-    ) -> None:
-        self.model, self.vae = model, vae
-        self.numerics = choose_numerics(device, precision)
-        self.presets_dir = presets_dir
-        # The tiny autoencoder runs in the engine's own dtype: no separate VAE precision to name.
-        label = self.numerics.label if vae == "full" else f"{self.numerics.device.type}-{PRECISION_NAMES[self.numerics.dtype]}"
-        super().__init__(f"torch-{label}{vae_suffix(vae)}", limits or EngineLimits(), selection_reason)
-
-    def load(self) -> None:
-        use_all_cores(self.numerics)
-        components = load_components(self.model, self.numerics.dtype, self.presets_dir, self.vae)
-        self.info.model_fingerprint = components.fingerprint
-        self._pipeline = build_torch_pipeline(components, self.numerics)
-        logger.info("loaded %s as %s (%s)", self.model, self.info.name, components.fingerprint)

@@ -13,7 +13,8 @@ from typing import Any, Sequence
 
 import torch
 
-MAX_TOKENS = 77
+from engines.core.sdxl import MAX_TOKENS
+
 DEFAULT_PROMPT_CACHE_SIZE = 128  # entries of ~0.6 MB (77 x 2048 float32) each
 
 
@@ -33,7 +34,7 @@ class TorchTextEncoders:
         self.tokenizers = (tokenizer, tokenizer_2)
         self.encoders = (text_encoder, text_encoder_2)
         self.device = torch.device(device)
-        self.split_batch = split_batch  # one prompt at a time: see engines.torch_backend.per_item
+        self.split_batch = split_batch  # one prompt at a time: see engines.backends.torch_runners.per_item
         # A fast tokenizer keeps its padding/truncation settings as state: counting tokens on other
         # threads while `encode` runs on the engine's thread needs its own copy (and a lock).
         self._counting_tokenizer = copy.deepcopy(tokenizer)

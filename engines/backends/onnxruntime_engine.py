@@ -10,14 +10,14 @@ from typing import Any
 
 import torch
 
+from engines.backends.torch_runners import load_text_side, per_item
 from engines.base import EngineLimits
-from engines.components import UNET, VAE_DECODER, ComponentSpec
-from engines.hardware import usable_cpu_count
+from engines.core.engine import PipelineEngine
+from engines.core.hardware import usable_cpu_count
+from engines.core.numerics import choose_numerics, onnxruntime_name, onnxruntime_text_precision
+from engines.core.pipeline import SDXLTurboPipeline
+from engines.core.specs import UNET, VAE_DECODER, ComponentSpec
 from engines.manifest import Manifest
-from engines.onnx_export import onnxruntime_session
-from engines.pipeline import SDXLTurboPipeline
-from engines.pipeline_engine import PipelineEngine
-from engines.torch_backend import choose_numerics, load_text_side, per_item
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,17 @@ def available_providers() -> list[str]:
     import onnxruntime
 
     return list(onnxruntime.get_available_providers())
+
+
+def onnxruntime_session(path: Path, providers: list[str] | None = None, threads: int = 0) -> Any:
+    """An ONNX Runtime session with warnings kept out of the log (ORT prints to stderr otherwise)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=providers or [CPU_PROVIDER])
 
 
 class OnnxRuntimeRunner:
@@ -61,19 +72,14 @@ class OnnxRuntimeEngine(PipelineEngine):
         device: str = "auto",
         precision: str = "auto",
         presets_dir: Path | None = None,
-        selection_reason: str = "",
     ) -> None:
         self.model, self.engine_dir, self.manifest, self.presets_dir = model, engine_dir, manifest, presets_dir
         on_cuda = device != "cpu" and CUDA_PROVIDER in available_providers() and torch.cuda.is_available()
         self.providers = [CUDA_PROVIDER, CPU_PROVIDER] if on_cuda else [CPU_PROVIDER]
-        # The text encoders follow --precision; by default fp32 like the graphs (fp16 on CUDA).
-        text_precision = precision if precision != "auto" else ("fp16" if on_cuda else "fp32")
+        text_precision = onnxruntime_text_precision(precision, on_cuda)
         self.numerics = choose_numerics("cuda" if on_cuda else "cpu", text_precision)
-        name = f"onnxruntime-{self.numerics.device.type}-fp32"
-        if text_precision != "fp32":
-            name += f"-text-{text_precision}"
         # Dynamic axes: any size the traced UNet can take, with the default range and batch.
-        super().__init__(name, EngineLimits(size_multiple=manifest.dims.size_multiple), selection_reason)
+        super().__init__(onnxruntime_name(on_cuda, text_precision), EngineLimits(size_multiple=manifest.dims.size_multiple))
 
     def load(self) -> None:
         side = load_text_side(self.model, self.numerics, self.presets_dir)

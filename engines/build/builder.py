@@ -14,27 +14,30 @@ import gc
 import logging
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Iterator
 
 import torch
 
-from engines.base import EngineUnavailable
-from engines.components import COMPONENTS, UNET, BuildRange, ComponentSpec, ModelDims
-from engines.hardware import GpuInfo, cpu_features, cuda_gpu
-from engines.manifest import MANIFEST_NAME, Artefact, ArtefactKind, ComponentEntry, Manifest, ManifestError, file_sha256, inputs_key
-from engines.onnx_export import EXPORT_FORMAT, OPSET, check_onnx, export_modules, export_onnx, files_with_hashes, model_dims
-from engines.openvino_export import OPENVINO_FORMAT, check_inputs, check_openvino, convert_to_openvino, openvino_version, torch_output
-from engines.openvino_export import INSTALL_HINT as OPENVINO_INSTALL_HINT
-from engines.presets import SDXLComponents, known_fingerprint, load_components
-from engines.tensorrt_backend import INSTALL_HINT, build_plan, tensorrt_version, vae_precision
+from engines.backends.openvino_engine import INSTALL_HINT as OPENVINO_INSTALL_HINT
+from engines.backends.openvino_engine import openvino_version
+from engines.backends.tensorrt_engine import INSTALL_HINT, tensorrt_version
+from engines.base import BUILD_PRECISIONS, TARGETS, EngineUnavailable
+from engines.build.onnx_export import EXPORT_FORMAT, OPSET, check_onnx, export_modules, export_onnx, model_dims
+from engines.build.openvino_export import OPENVINO_FORMAT, check_inputs, check_openvino, convert_to_openvino, torch_output
+from engines.build.tensorrt_plans import build_plan
+from engines.core.files import file_sha256, package_version
+from engines.core.hardware import GpuInfo, cpu_features, cuda_gpu
+from engines.core.numerics import tensorrt_vae_precision
+from engines.core.specs import COMPILED_COMPONENTS, UNET, BuildRange, ComponentSpec, ModelDims
+from engines.manifest import MANIFEST_NAME, Artefact, ArtefactKind, ComponentEntry, Manifest, ManifestError, inputs_key
+from engines.models.components import SDXLComponents
+from engines.models.presets import known_fingerprint
+from engines.models.sources import load_components
 
 logger = logging.getLogger(__name__)
 
 TIMING_CACHE = "timing.cache"
-PRECISIONS = ("fp16", "bf16", "fp32")
-TARGETS = ("gpu", "cpu")
 
 
 class BuildError(Exception):
@@ -70,15 +73,19 @@ class _Target:
 
 
 def library_versions(tensorrt: str | None, openvino: str | None = None) -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for package in ("torch", "diffusers", "onnx", "onnxruntime"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:  # onnxruntime-gpu installs the module under another name
-            versions[package] = metadata.version("onnxruntime-gpu") if package == "onnxruntime" else None
-    versions["tensorrt"] = tensorrt
-    versions["openvino"] = openvino
-    return versions
+    return {
+        "torch": package_version("torch"),
+        "diffusers": package_version("diffusers"),
+        "onnx": package_version("onnx"),
+        "onnxruntime": package_version("onnxruntime", "onnxruntime-gpu"),  # one module, two package names
+        "tensorrt": tensorrt,
+        "openvino": openvino,
+    }
+
+
+def files_with_hashes(directory: Path, root: Path) -> dict[str, str]:
+    """{path relative to root: SHA-256} for every file of an exported component."""
+    return {str(p.relative_to(root)): file_sha256(p) for p in sorted(directory.iterdir()) if p.is_file()}
 
 
 def check_target(onnx_only: bool, target: str = "gpu") -> _Target | None:
@@ -157,8 +164,8 @@ class _Progress:
 def build(request: BuildRequest) -> BuildReport:
     """Export, build and record what is missing or stale; raises BuildError with a one-line reason."""
     # 1. The machine, the previous build, the model.
-    if request.precision not in PRECISIONS:
-        raise BuildError(f"precision must be one of {', '.join(PRECISIONS)}, got {request.precision!r}")
+    if request.precision not in BUILD_PRECISIONS:
+        raise BuildError(f"precision must be one of {', '.join(BUILD_PRECISIONS)}, got {request.precision!r}")
     if request.target not in TARGETS:
         raise BuildError(f"target must be one of {', '.join(TARGETS)}, got {request.target!r}")
     target = check_target(request.onnx_only, request.target)
@@ -184,10 +191,10 @@ def build(request: BuildRequest) -> BuildReport:
         cpu=cpu_features() if to_openvino else None,
     )
     report = BuildReport(manifest)
-    progress = _Progress(len(COMPONENTS) * (1 if target is None else 2))
+    progress = _Progress(len(COMPILED_COMPONENTS) * (1 if target is None else 2))
     reusable = None if request.force else previous
     specs = dims.specs()
-    for name in COMPONENTS:
+    for name in COMPILED_COMPONENTS:
         if to_openvino:
             ir = _openvino(reusable, request, model, specs[name], dims, manifest, progress, report)
             manifest.components[name] = ComponentEntry(None, openvino=ir)
@@ -312,7 +319,7 @@ def _plan(
     progress: _Progress,
     report: BuildReport,
 ) -> Artefact:
-    precision = request.precision if spec.name == UNET else vae_precision(target.gpu.compute_capability)
+    precision = request.precision if spec.name == UNET else tensorrt_vae_precision(target.gpu.compute_capability)
     profile = spec.profile(request.build_range)
     details = {
         "precision": precision,

@@ -18,12 +18,9 @@ import numpy as np
 import torch
 
 from engines.base import GenerationRequest
+from engines.core.sdxl import latent_shape, time_ids as sdxl_time_ids
 
 logger = logging.getLogger(__name__)
-
-LATENT_CHANNELS = 4
-VAE_SCALE_FACTOR = 8
-
 
 class TextEncoderRunner(Protocol):
     def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,10 +59,6 @@ def make_scheduler(scheduler_config: dict[str, Any]) -> Any:
     from diffusers import EulerAncestralDiscreteScheduler
 
     return EulerAncestralDiscreteScheduler.from_config(scheduler_config, timestep_spacing="trailing")
-
-
-def latent_shape(width: int, height: int, batch: int = 1) -> tuple[int, int, int, int]:
-    return (batch, LATENT_CHANNELS, height // VAE_SCALE_FACTOR, width // VAE_SCALE_FACTOR)
 
 
 class SDXLTurboPipeline:
@@ -131,8 +124,7 @@ class SDXLTurboPipeline:
 
         # 5. Added conditioning: pooled text embeddings and the six time ids
         #    (original size, crop top-left, target size).
-        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32, device=self.device)
-        time_ids = time_ids.repeat(batch, 1)
+        time_ids = sdxl_time_ids(width, height, batch, self.device)
         encoder_hidden_states, text_embeds = prompt_embeds, pooled_embeds
         if do_guidance:
             encoder_hidden_states = torch.cat([negative_embeds, prompt_embeds])

@@ -8,22 +8,62 @@ of an image).
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from engines.backends.torch_runners import TorchVAEDecoder, load_text_side, per_item
 from engines.base import EngineLimits
-from engines.components import UNET, VAE_DECODER, ComponentSpec
+from engines.core.engine import PipelineEngine
+from engines.core.hardware import usable_cpu_count
+from engines.core.modules import VAEDecoderModule
+from engines.core.numerics import choose_numerics, openvino_name, openvino_precision
+from engines.core.pipeline import SDXLTurboPipeline
+from engines.core.specs import UNET, VAE_DECODER, ComponentSpec, ModelDims, trace_size
 from engines.manifest import Manifest
-from engines.modules import VAEDecoderModule
-from engines.openvino_export import compile_for_cpu, convert_module, inference_precision
-from engines.pipeline import SDXLTurboPipeline
-from engines.pipeline_engine import PipelineEngine
-from engines.torch_backend import TorchVAEDecoder, choose_numerics, load_text_side, per_item, vae_suffix
 
 logger = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install '.[openvino]'"
+
+
+def openvino_version() -> str | None:
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return str(openvino.get_version())
+
+
+def compile_for_cpu(path: Path | Any, precision: str) -> Any:
+    """Compile an IR file (or an in-memory model) for this CPU: latency first, every core we may use."""
+    import openvino as ov
+
+    config = {
+        "INFERENCE_PRECISION_HINT": precision,
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": usable_cpu_count(),
+    }
+    return ov.Core().compile_model(str(path) if isinstance(path, Path) else path, "CPU", config)
+
+
+def convert_module(module: torch.nn.Module, spec: ComponentSpec, dims: ModelDims) -> Any:
+    """A float32 torch module with the spec's inputs -> an in-memory OpenVINO model with dynamic axes."""
+    import openvino as ov
+
+    width, height = trace_size(dims)
+    samples = spec.sample_inputs(batch=2, width=width, height=height)
+    shapes = [ov.PartialShape([-1 if isinstance(d, str) else d for d in t.shape]) for t in spec.inputs]
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # diffusers branches on shapes in Python
+        warnings.simplefilter("ignore", DeprecationWarning)  # OpenVINO's converter traces with torch.jit
+        model = ov.convert_model(module, example_input=tuple(samples[name] for name in spec.input_names), input=shapes)
+    for port, name in zip(model.outputs, spec.output_names):
+        port.get_tensor().set_names({name})
+    return model
 
 
 class OpenVINORunner:
@@ -58,15 +98,15 @@ class OpenVINOEngine(PipelineEngine):
         manifest: Manifest,
         precision: str = "auto",
         presets_dir: Path | None = None,
-        selection_reason: str = "",
         vae: str = "full",
     ) -> None:
         self.model, self.engine_dir, self.manifest, self.presets_dir = model, engine_dir, manifest, presets_dir
         self.vae = vae
-        self.precision = inference_precision(precision)
+        self.precision = openvino_precision(precision)
         # Text encoders in torch with the same arithmetic (bf16 or fp32) on the CPU.
         self.numerics = choose_numerics("cpu", "bf16" if self.precision == "bf16" else "fp32")
-        super().__init__(f"openvino-cpu-{self.precision}{vae_suffix(vae)}", EngineLimits(size_multiple=manifest.dims.size_multiple), selection_reason)
+        limits = EngineLimits(size_multiple=manifest.dims.size_multiple)
+        super().__init__(openvino_name(self.precision, tiny_vae=vae == "tiny"), limits)
 
     def load(self) -> None:
         side = load_text_side(self.model, self.numerics, self.presets_dir, self.vae)

@@ -13,16 +13,14 @@ from typing import Any, Iterator, Mapping
 import torch
 
 from engines.base import EngineLimits
-from engines.pipeline import LATENT_CHANNELS, VAE_SCALE_FACTOR
-from engines.text_encoders import MAX_TOKENS
+from engines.core.sdxl import LATENT_CHANNELS, MAX_TOKENS, TIME_IDS, VAE_SCALE_FACTOR, time_ids
 
 BATCH, HEIGHT, WIDTH = "batch", "height", "width"
 LATENT_HEIGHT, LATENT_WIDTH = "latent_height", "latent_width"
-TIME_IDS = 6  # original size, crop top-left, target size
 
 UNET = "unet"
 VAE_DECODER = "vae_decoder"
-COMPONENTS = (UNET, VAE_DECODER)
+COMPILED_COMPONENTS = (UNET, VAE_DECODER)  # the model components a build turns into engines
 
 Shape = tuple[int, ...]
 Size = tuple[int, int]  # (width, height), as requests say it
@@ -194,15 +192,20 @@ class ComponentSpec:
             if spec.name == "timestep":
                 value = torch.full(shapes[spec.name], 999.0)  # SDXL Turbo's one-step timestep
             elif spec.name == "time_ids":
-                value = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32).repeat(batch, 1)
+                value = time_ids(width, height, batch)
             else:
                 value = torch.randn(shapes[spec.name], generator=generator)
             samples[spec.name] = value.to(spec.dtype)
         return samples
 
 
+def trace_size(dims: ModelDims) -> Size:
+    """512x512 where the model allows it: the size SDXL Turbo is made for, and the one exports trace at."""
+    return (512, 512) if 512 % dims.size_multiple == 0 else (dims.size_multiple * 8,) * 2
+
+
 def unet_spec(dims: ModelDims) -> ComponentSpec:
-    """Inputs in the order of `pipeline.UNetRunner.__call__`."""
+    """Inputs in the order of `engines.core.pipeline.UNetRunner.__call__`."""
     return ComponentSpec(
         name=UNET,
         inputs=(

@@ -13,13 +13,13 @@ import numpy as np
 import torch
 
 from engines.base import EngineInfo, EngineLimits, GenerationRequest, ImageEngine
-from engines.pipeline import SDXLTurboPipeline
+from engines.core.pipeline import SDXLTurboPipeline
 
 
 class PipelineEngine(ImageEngine):
-    def __init__(self, name: str, limits: EngineLimits, selection_reason: str = "") -> None:
+    def __init__(self, name: str, limits: EngineLimits) -> None:
         self.limits = limits
-        self.info = EngineInfo(name=name, model_fingerprint="", selection_reason=selection_reason)
+        self.info = EngineInfo(name=name, model_fingerprint="")
         self._pipeline: SDXLTurboPipeline | None = None
 
     @property

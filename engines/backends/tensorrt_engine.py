@@ -1,4 +1,4 @@
-"""TensorRT: build plans from the exported ONNX graphs, and run them as the loop's UNet and VAE runners.
+"""TensorRT at run time: the built plans as the loop's UNet and VAE runners (engines/build builds them).
 
 Written against the TensorRT 10 Python API (10.1 or later: `device_memory_size_v2`,
 `set_device_memory`). `tensorrt` is imported only when a plan is built or loaded, so this module
@@ -11,20 +11,20 @@ same time), bind torch CUDA tensors by name, and run with `execute_async_v3` on 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from engines.backends.torch_runners import load_text_side
 from engines.base import EngineError, EngineUnavailable, GenerationRequest
-from engines.components import COMPONENTS, UNET, VAE_DECODER, ComponentSpec, Shape
-from engines.manifest import Manifest, bytes_sha256
-from engines.pipeline import SDXLTurboPipeline
-from engines.pipeline_engine import PipelineEngine
-from engines.torch_backend import choose_numerics, load_text_side
+from engines.core.engine import PipelineEngine
+from engines.core.files import bytes_sha256
+from engines.core.numerics import choose_numerics, tensorrt_name
+from engines.core.pipeline import SDXLTurboPipeline
+from engines.core.specs import COMPILED_COMPONENTS, UNET, VAE_DECODER, ComponentSpec
+from engines.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +39,7 @@ TORCH_DTYPES = {
     "UINT8": torch.uint8,
     "BOOL": torch.bool,
 }
-# Builder flags per precision (weakly typed network: the flags allow lower precision, TF32 is on by default).
-PRECISION_FLAGS = {"fp32": (), "bf16": ("BF16",), "fp16": ("FP16",)}
 INSTALL_HINT = "install it on a GPU machine with `pip install '.[gpu]'` (see `make gpu-check`)"
-
-
-class PlanBuildError(RuntimeError):
-    """TensorRT could not parse a graph or build a plan."""
 
 
 def tensorrt_version() -> str | None:
@@ -57,88 +51,12 @@ def tensorrt_version() -> str | None:
     return str(tensorrt.__version__)
 
 
-def _tensorrt() -> Any:
+def import_tensorrt() -> Any:
     try:
         import tensorrt
     except (ImportError, OSError) as exc:
         raise EngineUnavailable(f"TensorRT cannot be imported ({exc}); {INSTALL_HINT}") from exc
     return tensorrt
-
-
-def vae_precision(compute_capability: str) -> str:
-    """The SDXL VAE overflows in fp16: bf16 where the GPU has it (Ampere, compute capability 8.0, and later), else fp32."""
-    return "bf16" if int(compute_capability.split(".")[0]) >= 8 else "fp32"
-
-
-# --- building ---------------------------------------------------------------------------------------
-
-
-def build_plan(
-    onnx_path: Path,
-    plan_path: Path,
-    profile: Mapping[str, tuple[Shape, Shape, Shape]],
-    precision: str,
-    timing_cache: Path,
-    optimization_level: int = 3,
-) -> None:
-    """Build one plan with one optimisation profile; the timing cache is read, extended and written back."""
-    trt = _tensorrt()
-    trt_logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(trt_logger)
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
-    parser = trt.OnnxParser(network, trt_logger)  # owns the weights: alive until the build returns
-    if not parser.parse_from_file(str(onnx_path)):  # reads external data beside the file
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise PlanBuildError(f"TensorRT could not parse {onnx_path}: {errors}")
-
-    config = builder.create_builder_config()
-    config.builder_optimization_level = optimization_level
-    for flag in PRECISION_FLAGS[precision]:
-        config.set_flag(getattr(trt.BuilderFlag, flag))
-    optimization_profile = builder.create_optimization_profile()
-    for name, (smallest, usual, largest) in profile.items():
-        optimization_profile.set_shape(name, smallest, usual, largest)
-    if config.add_optimization_profile(optimization_profile) < 0:
-        raise PlanBuildError(f"TensorRT refused the optimisation profile {dict(profile)}")
-    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
-    monitor = _progress_monitor(trt, plan_path.name)  # held here: TensorRT does not own it
-    config.progress_monitor = monitor
-
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise PlanBuildError(f"TensorRT could not build {plan_path.name} from {onnx_path} (its log says why)")
-    _write_atomically(plan_path, memoryview(serialized))
-    _write_atomically(timing_cache, memoryview(config.get_timing_cache().serialize()))
-
-
-def _progress_monitor(trt: Any, label: str) -> Any:
-    """Log the builder's top-level phases: a UNet build takes minutes, and silence looks like a hang."""
-
-    class Progress(trt.IProgressMonitor):
-        def __init__(self) -> None:
-            trt.IProgressMonitor.__init__(self)
-
-        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
-            if parent_phase is None:
-                logger.info("%s: %s (%d steps)", label, phase_name, num_steps)
-
-        def step_complete(self, phase_name: str, step: int) -> bool:
-            return True  # False would cancel the build
-
-        def phase_finish(self, phase_name: str) -> None:
-            pass
-
-    return Progress()
-
-
-def _write_atomically(path: Path, data: memoryview) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(temporary, 0o644)  # mkstemp makes it private; the service may run as another user
-    os.replace(temporary, path)
 
 
 # --- running ----------------------------------------------------------------------------------------
@@ -185,7 +103,7 @@ class LoadedPlans:
     """Deserialized engines, one execution context each, sharing one block of device memory."""
 
     def __init__(self, plans: Mapping[str, bytes], specs: Mapping[str, ComponentSpec]) -> None:
-        trt = _tensorrt()
+        trt = import_tensorrt()
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)  # must outlive the engines it made
         self.engines = {}
@@ -215,14 +133,13 @@ class TensorRTEngine(PipelineEngine):
         engine_dir: Path,
         manifest: Manifest,
         presets_dir: Path | None = None,
-        selection_reason: str = "",
     ) -> None:
         self.model, self.engine_dir, self.manifest, self.presets_dir = model, engine_dir, manifest, presets_dir
         self.numerics = choose_numerics("cuda", "fp16")
         plans = [manifest.artefact(engine_dir, name, "plan") for name in (UNET, VAE_DECODER)]
         unet_precision, vae = (plan.details.get("precision", "?") for plan in plans)
         limits = manifest.build_range.limits(manifest.dims.size_multiple)
-        super().__init__(f"tensorrt-{unet_precision}-vae-{vae}", limits, selection_reason)
+        super().__init__(tensorrt_name(unet_precision, vae), limits)
         self._plans: LoadedPlans | None = None
         self._stream: torch.cuda.Stream | None = None
 
@@ -230,7 +147,7 @@ class TensorRTEngine(PipelineEngine):
         side = load_text_side(self.model, self.numerics, self.presets_dir)
         self.manifest.check_model(self.engine_dir, self.model, side.fingerprint, "plan")
         plans = {}
-        for name in COMPONENTS:
+        for name in COMPILED_COMPONENTS:
             artefact = self.manifest.artefact(self.engine_dir, name, "plan")
             plan = (self.engine_dir / artefact.path).read_bytes()
             # The bytes deserialized are the bytes hashed: no window for a swap after the check.

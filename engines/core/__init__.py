@@ -1,0 +1,1 @@
+"""What every backend shares: the loop, component specs, text encoders, module wrappers, machine facts."""

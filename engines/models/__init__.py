@@ -1,0 +1,1 @@
+"""Model sources: hub ids, local directories and the offline presets, loaded as `SDXLComponents`."""

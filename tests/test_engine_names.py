@@ -1,0 +1,51 @@
+"""Engine names and cache keys are pinned: a rename silently empties every cache, so it must fail here first."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engines.backends.torch_engine import TorchEngine
+from engines.core.numerics import TorchNumerics, onnxruntime_name, openvino_name, tensorrt_name
+from tests.helpers import EXAMPLE_PROMPT, generate
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+@pytest.mark.parametrize(
+    ("numerics", "tiny_vae", "name"),
+    [
+        (TorchNumerics(CPU, torch.float32, torch.float32), False, "torch-cpu-fp32"),
+        (TorchNumerics(CPU, torch.bfloat16, torch.bfloat16), False, "torch-cpu-bf16"),
+        (TorchNumerics(CPU, torch.bfloat16, torch.bfloat16), True, "torch-cpu-bf16-taesd"),
+        (TorchNumerics(CUDA, torch.float16, torch.bfloat16), False, "torch-cuda-fp16-vae-bf16"),
+        (TorchNumerics(CUDA, torch.float16, torch.float32), False, "torch-cuda-fp16-vae-fp32"),
+        (TorchNumerics(CUDA, torch.float16, torch.bfloat16), True, "torch-cuda-fp16-taesd"),
+    ],
+)
+def test_torch_names(numerics: TorchNumerics, tiny_vae: bool, name: str) -> None:
+    assert numerics.name(tiny_vae) == name
+
+
+def test_compiled_backend_names() -> None:
+    assert onnxruntime_name(on_cuda=False, text_precision="fp32") == "onnxruntime-cpu-fp32"
+    assert onnxruntime_name(on_cuda=False, text_precision="bf16") == "onnxruntime-cpu-fp32-text-bf16"
+    assert onnxruntime_name(on_cuda=True, text_precision="fp16") == "onnxruntime-cuda-fp32-text-fp16"
+    assert openvino_name("bf16") == "openvino-cpu-bf16"
+    assert openvino_name("f32", tiny_vae=True) == "openvino-cpu-f32-taesd"
+    assert tensorrt_name("fp16", "bf16") == "tensorrt-fp16-vae-bf16"
+    assert tensorrt_name("fp16", "fp32") == "tensorrt-fp16-vae-fp32"
+
+
+def test_an_engine_takes_its_name_from_the_one_function(presets_dir) -> None:
+    assert TorchEngine("tiny", "cpu", "fp32", presets_dir).info.name == "torch-cpu-fp32"
+    assert TorchEngine("tiny", "cpu", "fp32", presets_dir, vae="tiny").info.name == "torch-cpu-fp32-taesd"
+
+
+def test_a_known_request_keeps_its_cache_key(tiny_service) -> None:
+    """Model fingerprint, engine name, canonical request, derived seed and hashing, end to end."""
+    reply = generate(tiny_service.base_url, {"prompt": EXAMPLE_PROMPT})
+    assert reply.status == 200
+    assert reply.headers["x-engine"] == "torch-cpu-fp32"
+    assert reply.headers["x-seed"] == "1891660893"
+    assert reply.headers["etag"] == '"da873f671d33cd3a3486f7a63ec29da1c567ff145145d0ab0f29147970f86709"'
