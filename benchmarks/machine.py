@@ -6,7 +6,6 @@ achieved GFLOP/s is read as a fraction of it.
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import platform
 import re
@@ -17,6 +16,7 @@ from typing import Any, Callable
 import torch
 
 from benchmarks.timing import Stats, measure
+from engines.core.files import package_version
 from engines.core.hardware import cpu_flags, cpu_has_bf16, usable_cpu_count
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -50,13 +50,7 @@ def memory_bytes() -> int | None:
 
 
 def library_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for name in LIBRARIES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    return {name: package_version(name) for name in LIBRARIES}
 
 
 def gpu_facts() -> dict[str, Any] | None:
