@@ -12,10 +12,11 @@ from aiohttp import web
 
 from engines.base import EngineUnavailable
 from engines.select import EngineRequest, select_engine
-from service.app import READINESS, create_app, drain
+from service.app import create_app
 from service.cache import ImageCache
 from service.logs import AccessLogger, configure_logging
 from service.settings import Settings, SettingsError, load_settings
+from service.state import READINESS, drain
 
 logger = logging.getLogger("service")
 

@@ -1,4 +1,4 @@
-"""create_app(settings, engine, cache) -> aiohttp Application: typed keys, middlewares, life cycle.
+"""create_app(settings, engine, cache) -> aiohttp Application: middlewares, routes, life cycle.
 
 The application takes ownership of the engine and the cache it is given: its cleanup context
 starts the scheduler, loads and warms up the engine in the background (so /healthz answers while a
@@ -11,7 +11,6 @@ import asyncio
 import logging
 import re
 import uuid
-from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -22,35 +21,13 @@ from service.errors import REQUEST_ID_HEADER, REQUEST_ID_KEY, error_middleware
 from service.generation import ImageGenerator, run_blocking
 from service.logs import current_request_id
 from service.metrics import ServiceMetrics, metrics_middleware
+from service.routes import add_routes
 from service.scheduler import InferenceScheduler
 from service.schema import RequestLimits
 from service.settings import Settings
+from service.state import CACHE, ENGINE, GENERATOR, LIMITS, METRICS, READINESS, SCHEDULER, SETTINGS, Readiness
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Readiness:
-    """Where the service stands: loading -> warming_up -> ready -> draining; or failed."""
-
-    state: str = "loading"
-    detail: str = ""
-    # Set when the process should stop: the engine could not load, or a signal came.
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def ready(self) -> bool:
-        return self.state == "ready"
-
-
-SETTINGS = web.AppKey("settings", Settings)
-ENGINE = web.AppKey("engine", ImageEngine)
-CACHE = web.AppKey("cache", ImageCache)
-SCHEDULER = web.AppKey("scheduler", InferenceScheduler)
-GENERATOR = web.AppKey("generator", ImageGenerator)
-READINESS = web.AppKey("readiness", Readiness)
-LIMITS = web.AppKey("limits", RequestLimits)
-METRICS = web.AppKey("metrics", ServiceMetrics)
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -99,17 +76,7 @@ async def _cache_context(app: web.Application) -> AsyncIterator[None]:
     await run_blocking(app[CACHE].close)
 
 
-async def drain(app: web.Application) -> bool:
-    """Refuse new work, let in-flight work finish within the grace period; True if all of it did."""
-    readiness = app[READINESS]
-    if readiness.state != "failed":
-        readiness.state, readiness.detail = "draining", "shutting down"
-    return await app[SCHEDULER].drain(app[SETTINGS].shutdown_timeout)
-
-
 def create_app(settings: Settings, engine: ImageEngine, cache: ImageCache) -> web.Application:
-    from service.routes import add_routes  # routes read the keys above
-
     metrics = ServiceMetrics()
     app = web.Application(
         client_max_size=settings.max_body_bytes,

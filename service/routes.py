@@ -11,11 +11,11 @@ from typing import Awaitable, TypeVar
 
 from aiohttp import web
 
-from service.app import ENGINE, GENERATOR, LIMITS, METRICS, READINESS, SCHEDULER, SETTINGS
-from service.generation import run_blocking
 from service.errors import DeadlineExceeded, InvalidField, NotReady, UnsupportedMediaType
+from service.generation import run_blocking
 from service.openapi import openapi_spec
 from service.schema import ImageJob, decode_json_body, parse_generation_request, parse_openai_request
+from service.state import ENGINE, GENERATOR, LIMITS, METRICS, READINESS, SCHEDULER, SETTINGS
 
 INDEX_PAGE = (Path(__file__).with_name("static") / "index.html").read_text()
 TIMEOUT_HEADER = "X-Request-Timeout"

@@ -10,7 +10,7 @@ import threading
 import time
 
 
-from service.app import SCHEDULER, drain
+from service.state import SCHEDULER, drain
 from tests.engines import ControlledEngine
 from tests.helpers import ServiceProcess, generate, request
 

@@ -77,7 +77,7 @@ async def test_cache_stores_raw_image_bytes_in_a_private_directory(make_client, 
 async def test_a_failing_cache_costs_a_miss_not_the_request(make_client, caplog):
     engine = ControlledEngine()
     client = await make_client(engine)
-    from service.app import CACHE
+    from service.state import CACHE
 
     class BrokenDiskCache:
         def get(self, *args, **kwargs):
@@ -100,7 +100,7 @@ async def test_a_failing_cache_costs_a_miss_not_the_request(make_client, caplog)
 async def test_a_corrupt_entry_is_dropped_and_the_image_made_again(make_client):
     engine = ControlledEngine()
     client = await make_client(engine)
-    from service.app import CACHE
+    from service.state import CACHE
 
     good = await (await client.post("/generate-image", json=GOOD)).read()
     cache = client.app[CACHE]
