@@ -1,8 +1,8 @@
 """create_app(settings, engine, cache) -> aiohttp Application: middlewares, routes, life cycle.
 
 The application takes ownership of the engine and the cache it is given: its cleanup context
-starts the scheduler, loads and warms up the engine in the background (so /healthz answers while a
-large model loads), and on shutdown drains, then closes the scheduler, the engine and the cache.
+starts the admission queue, loads and warms up the engine in the background (so /healthz answers while a
+large model loads), and on shutdown drains, then closes the admission queue, the engine and the cache.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from service.generation import ImageGenerator, run_blocking
 from service.logs import current_request_id
 from service.metrics import ServiceMetrics, metrics_middleware
 from service.routes import add_routes
-from service.scheduler import InferenceScheduler
+from service.admission import AdmissionQueue
 from service.schema import RequestLimits
 from service.settings import Settings
-from service.state import CACHE, ENGINE, GENERATOR, LIMITS, METRICS, READINESS, SCHEDULER, SETTINGS, Readiness
+from service.state import CACHE, ENGINE, GENERATOR, LIMITS, METRICS, READINESS, ADMISSION, SETTINGS, Readiness
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +46,11 @@ async def request_id_middleware(
 
 
 async def _load_and_warm_up(app: web.Application) -> None:
-    engine, scheduler, readiness = app[ENGINE], app[SCHEDULER], app[READINESS]
+    engine, admission, readiness = app[ENGINE], app[ADMISSION], app[READINESS]
     try:
-        await scheduler.call_engine(engine.load)
+        await admission.call_engine(engine.load)
         readiness.state, readiness.detail = "warming_up", "making one warm-up image"
-        await scheduler.call_engine(engine.warm_up)
+        await admission.call_engine(engine.warm_up)
     except Exception as exc:
         logger.exception("the engine %s could not start", engine.info.name)
         readiness.state, readiness.detail = "failed", f"{exc.__class__.__name__}: {exc}"
@@ -61,13 +61,13 @@ async def _load_and_warm_up(app: web.Application) -> None:
 
 
 async def _engine_context(app: web.Application) -> AsyncIterator[None]:
-    scheduler, engine = app[SCHEDULER], app[ENGINE]
-    scheduler.start()
+    admission, engine = app[ADMISSION], app[ENGINE]
+    admission.start()
     loader = asyncio.create_task(_load_and_warm_up(app), name="engine-loader")
     yield
     loader.cancel()
     await asyncio.gather(loader, return_exceptions=True)
-    await scheduler.close()
+    await admission.close()
     await run_blocking(engine.close)
 
 
@@ -91,14 +91,14 @@ def create_app(settings: Settings, engine: ImageEngine, cache: ImageCache) -> we
     app[LIMITS] = RequestLimits(
         max_prompt_chars=settings.max_prompt_chars, max_steps=settings.max_steps, engine=engine.limits
     )
-    app[SCHEDULER] = InferenceScheduler(
+    app[ADMISSION] = AdmissionQueue(
         engine,
         max_queue=settings.max_queue,
         max_batch=settings.max_batch,
         batch_window_s=settings.batch_window_ms / 1000,
         observer=metrics,
     )
-    app[GENERATOR] = ImageGenerator(engine, cache, app[SCHEDULER], metrics)
+    app[GENERATOR] = ImageGenerator(engine, cache, app[ADMISSION], metrics)
     # Cleanup runs in reverse: the engine stops before the cache closes.
     app.cleanup_ctx.append(_cache_context)
     app.cleanup_ctx.append(_engine_context)

@@ -1,6 +1,6 @@
 """One image for one request: cache lookup, then a shared computation on a miss, then the cache again.
 
-request -> (schema) -> cache -> scheduler -> engine -> encoder -> cache -> response. The HTTP routes
+request -> (schema) -> cache -> admission -> engine -> encoder -> cache -> response. The HTTP routes
 call `ImageGenerator.get`; everything blocking runs off the event loop.
 """
 
@@ -15,7 +15,7 @@ from engines.base import ImageEngine
 from service.cache import ImageCache, content_key
 from service.imaging import encode_image
 from service.metrics import ServiceMetrics
-from service.scheduler import InferenceScheduler, InFlight
+from service.admission import AdmissionQueue, InFlight
 from service.schema import ImageJob
 
 T = TypeVar("T")
@@ -40,12 +40,12 @@ class ImageResult:
 
 class ImageGenerator:
     def __init__(
-        self, engine: ImageEngine, cache: ImageCache, scheduler: InferenceScheduler, metrics: ServiceMetrics
+        self, engine: ImageEngine, cache: ImageCache, admission: AdmissionQueue, metrics: ServiceMetrics
     ) -> None:
         self.engine = engine
         self.metrics = metrics
         self.cache = cache
-        self.scheduler = scheduler
+        self.admission = admission
         self._in_flight: InFlight[bytes] = InFlight()
 
     def key(self, job: ImageJob) -> str:
@@ -76,7 +76,7 @@ class ImageGenerator:
         return result
 
     async def _make(self, job: ImageJob, key: str, deadline: float) -> bytes:
-        pixels = await self.scheduler.submit(job.generation, deadline)
+        pixels = await self.admission.submit(job.generation, deadline)
         started = time.perf_counter()
         data = await run_blocking(encode_image, pixels, job.output_format)
         self.metrics.stage("image_encoding", time.perf_counter() - started)

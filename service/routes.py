@@ -15,7 +15,7 @@ from service.errors import DeadlineExceeded, InvalidField, NotReady, Unsupported
 from service.generation import run_blocking
 from service.openapi import openapi_spec
 from service.schema import ImageJob, decode_json_body, parse_generation_request, parse_openai_request
-from service.state import ENGINE, GENERATOR, LIMITS, METRICS, READINESS, SCHEDULER, SETTINGS
+from service.state import ENGINE, GENERATOR, LIMITS, METRICS, READINESS, ADMISSION, SETTINGS
 
 INDEX_PAGE = (Path(__file__).with_name("static") / "index.html").read_text()
 TIMEOUT_HEADER = "X-Request-Timeout"
@@ -135,7 +135,7 @@ async def readyz(request: web.Request) -> web.Response:
         "engine": engine.info.name,
         "engine_reason": engine.info.selection_reason,
         "model": engine.info.model_fingerprint,
-        "queue_depth": request.app[SCHEDULER].depth,
+        "queue_depth": request.app[ADMISSION].depth,
     }
     return web.json_response(body, status=200 if readiness.ready else 503)
 

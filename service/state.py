@@ -15,7 +15,7 @@ from engines.base import ImageEngine
 from service.cache import ImageCache
 from service.generation import ImageGenerator
 from service.metrics import ServiceMetrics
-from service.scheduler import InferenceScheduler
+from service.admission import AdmissionQueue
 from service.schema import RequestLimits
 from service.settings import Settings
 
@@ -37,7 +37,7 @@ class Readiness:
 SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", ImageEngine)
 CACHE = web.AppKey("cache", ImageCache)
-SCHEDULER = web.AppKey("scheduler", InferenceScheduler)
+ADMISSION = web.AppKey("admission", AdmissionQueue)
 GENERATOR = web.AppKey("generator", ImageGenerator)
 READINESS = web.AppKey("readiness", Readiness)
 LIMITS = web.AppKey("limits", RequestLimits)
@@ -49,4 +49,4 @@ async def drain(app: web.Application) -> bool:
     readiness = app[READINESS]
     if readiness.state != "failed":
         readiness.state, readiness.detail = "draining", "shutting down"
-    return await app[SCHEDULER].drain(app[SETTINGS].shutdown_timeout)
+    return await app[ADMISSION].drain(app[SETTINGS].shutdown_timeout)
