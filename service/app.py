@@ -16,16 +16,16 @@ from typing import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from engines.base import ImageEngine
+from service.admission import AdmissionQueue
 from service.cache import ImageCache
 from service.errors import REQUEST_ID_HEADER, REQUEST_ID_KEY, error_middleware
-from service.generation import ImageGenerator, run_blocking
+from service.images import CachedImages, run_blocking
 from service.logs import current_request_id
 from service.metrics import ServiceMetrics, metrics_middleware
 from service.routes import add_routes
-from service.admission import AdmissionQueue
 from service.schema import RequestLimits
 from service.settings import Settings
-from service.state import CACHE, ENGINE, GENERATOR, LIMITS, METRICS, READINESS, ADMISSION, SETTINGS, Readiness
+from service.state import ADMISSION, CACHE, ENGINE, IMAGES, LIMITS, METRICS, READINESS, SETTINGS, Readiness
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def create_app(settings: Settings, engine: ImageEngine, cache: ImageCache) -> we
         batch_window_s=settings.batch_window_ms / 1000,
         observer=metrics,
     )
-    app[GENERATOR] = ImageGenerator(engine, cache, app[ADMISSION], metrics)
+    app[IMAGES] = CachedImages(engine, cache, app[ADMISSION], metrics)
     # Cleanup runs in reverse: the engine stops before the cache closes.
     app.cleanup_ctx.append(_cache_context)
     app.cleanup_ctx.append(_engine_context)

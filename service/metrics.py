@@ -1,5 +1,5 @@
 """Prometheus metrics: one registry per app (no module-level state), fed by a middleware,
-the admission queue and the image generator."""
+the admission queue and the image images."""
 
 from __future__ import annotations
 

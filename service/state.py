@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from engines.base import ImageEngine
-from service.cache import ImageCache
-from service.generation import ImageGenerator
-from service.metrics import ServiceMetrics
 from service.admission import AdmissionQueue
+from service.cache import ImageCache
+from service.images import CachedImages
+from service.metrics import ServiceMetrics
 from service.schema import RequestLimits
 from service.settings import Settings
 
@@ -38,7 +38,7 @@ SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", ImageEngine)
 CACHE = web.AppKey("cache", ImageCache)
 ADMISSION = web.AppKey("admission", AdmissionQueue)
-GENERATOR = web.AppKey("generator", ImageGenerator)
+IMAGES = web.AppKey("images", CachedImages)
 READINESS = web.AppKey("readiness", Readiness)
 LIMITS = web.AppKey("limits", RequestLimits)
 METRICS = web.AppKey("metrics", ServiceMetrics)

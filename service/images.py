@@ -1,7 +1,8 @@
 """One image for one request: cache lookup, then a shared computation on a miss, then the cache again.
 
 request -> (schema) -> cache -> admission -> engine -> encoder -> cache -> response. The HTTP routes
-call `ImageGenerator.get`; everything blocking runs off the event loop.
+call `CachedImages.lookup` then `answer` (or `get`, both at once); everything blocking runs off the
+event loop.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 from engines.base import ImageEngine
+from service.admission import AdmissionQueue, InFlight
 from service.cache import ImageCache, content_key
 from service.imaging import encode_image
 from service.metrics import ServiceMetrics
-from service.admission import AdmissionQueue, InFlight
 from service.schema import ImageJob
 
 T = TypeVar("T")
@@ -38,7 +39,9 @@ class ImageResult:
     cache_status: str  # HIT, MISS or SHARED (joined an identical request being computed)
 
 
-class ImageGenerator:
+class CachedImages:
+    """Images by content key: from the cache, else computed once for all identical requests in flight."""
+
     def __init__(
         self, engine: ImageEngine, cache: ImageCache, admission: AdmissionQueue, metrics: ServiceMetrics
     ) -> None:
