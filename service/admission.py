@@ -9,6 +9,8 @@ dropped before it reaches the model; requests that can share a UNet batch are ru
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -66,8 +68,10 @@ class AdmissionQueue:
     # --- the engine's thread, also used to load and warm up -------------------------------------
 
     async def call_engine(self, fn: Callable[..., T], *args: object) -> T:
-        """Run a blocking engine method on the engine's own thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        """Run a blocking engine method on the engine's own thread, in a copy of the caller's context
+        (as asyncio.to_thread does), so its log lines keep the request id."""
+        call = functools.partial(contextvars.copy_context().run, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     def start(self) -> None:
         self._worker = asyncio.create_task(self._run(), name="admission-queue")

@@ -19,7 +19,7 @@ from engines.base import ImageEngine
 from service.admission import AdmissionQueue
 from service.cache import ImageCache
 from service.errors import REQUEST_ID_HEADER, REQUEST_ID_KEY, error_middleware
-from service.images import CachedImages, run_blocking
+from service.images import CachedImages
 from service.logs import current_request_id
 from service.metrics import ServiceMetrics, metrics_middleware
 from service.routes import add_routes
@@ -68,12 +68,12 @@ async def _engine_context(app: web.Application) -> AsyncIterator[None]:
     loader.cancel()
     await asyncio.gather(loader, return_exceptions=True)
     await admission.close()
-    await run_blocking(engine.close)
+    await asyncio.to_thread(engine.close)
 
 
 async def _cache_context(app: web.Application) -> AsyncIterator[None]:
     yield
-    await run_blocking(app[CACHE].close)
+    await asyncio.to_thread(app[CACHE].close)
 
 
 def create_app(settings: Settings, engine: ImageEngine, cache: ImageCache) -> web.Application:

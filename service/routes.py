@@ -12,7 +12,6 @@ from typing import Awaitable, TypeVar
 from aiohttp import web
 
 from service.errors import DeadlineExceeded, InvalidField, NotReady, UnsupportedMediaType
-from service.images import run_blocking
 from service.openapi import openapi_spec
 from service.schema import ImageJob, decode_json_body, parse_generation_request, parse_openai_request
 from service.state import ADMISSION, ENGINE, IMAGES, LIMITS, METRICS, READINESS, SETTINGS
@@ -111,7 +110,7 @@ async def openai_generations(request: web.Request) -> web.Response:
     results = await within_deadline(
         asyncio.gather(*(images.get(job, images.key(job), deadline) for job in jobs)), deadline
     )
-    encoded = await run_blocking(lambda: [base64.b64encode(r.data).decode("ascii") for r in results])
+    encoded = await asyncio.to_thread(lambda: [base64.b64encode(r.data).decode("ascii") for r in results])
     data = [{"b64_json": b64, "seed": job.generation.seed} for job, b64 in zip(jobs, encoded)]
     return web.json_response(
         {"created": int(time.time()), "data": data}, headers={"X-Engine": request.app[ENGINE].info.name}
