@@ -219,9 +219,6 @@ class InFlight(Generic[T]):
         self._tasks: dict[str, asyncio.Task[T]] = {}
         self._waiters: dict[asyncio.Task[T], int] = {}
 
-    def __len__(self) -> int:
-        return len(self._tasks)
-
     async def run(self, key: str, start: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """Returns the result and whether it was shared with an earlier identical request."""
         task = self._tasks.get(key)
