@@ -112,10 +112,12 @@ async def test_batches_only_group_requests_that_can_share_a_unet_call(make_clien
 
 
 def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one series in the Prometheus text; a missing series fails the test (it is not 0)."""
     label_text = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = re.escape(name) + (r"\{" + re.escape(label_text) + r"\}" if labels else "") + r" ([0-9.e+-]+)"
-    match = re.search(pattern, text)
-    return float(match.group(1)) if match else 0.0
+    pattern = r"^" + re.escape(name) + (r"\{" + re.escape(label_text) + r"\}" if labels else "") + r" ([0-9.e+-]+)$"
+    match = re.search(pattern, text, re.MULTILINE)
+    assert match, f"no series {name}{{{label_text}}} in /metrics:\n{text}"
+    return float(match.group(1))
 
 
 async def test_metrics_move_as_the_requests_say(make_client):

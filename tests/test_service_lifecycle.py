@@ -158,8 +158,17 @@ async def test_closing_the_app_closes_engine_and_cache(aiohttp_client, tmp_path)
     from service.cache import ImageCache
     from service.settings import Settings
 
+    class RecordingCache(ImageCache):
+        closed = False
+
+        def close(self) -> None:
+            super().close()
+            self.closed = True
+
     engine = ControlledEngine()
     settings = Settings(model="test", cache_dir=tmp_path / "cache")
-    client = await aiohttp_client(create_app(settings, engine, ImageCache(settings.cache_dir, settings.cache_size)))
+    cache = RecordingCache(settings.cache_dir, settings.cache_size)
+    client = await aiohttp_client(create_app(settings, engine, cache))
+    assert not (engine.closed or cache.closed)
     await client.close()
-    assert engine.closed
+    assert engine.closed and cache.closed
