@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -68,12 +68,6 @@ class EngineLimits:
         )
 
 
-@dataclass(frozen=True)
-class EngineHealth:
-    ready: bool
-    detail: str = ""
-
-
 @dataclass
 class EngineInfo:
     """Identity of an engine: what made an image, for the cache key and the X-Engine header."""
@@ -81,7 +75,6 @@ class EngineInfo:
     name: str  # backend and numerics, e.g. "torch-cpu-bf16"; goes to X-Engine
     model_fingerprint: str  # hub revision, or a hash of the weights
     selection_reason: str = ""  # why this backend was chosen (log, /readyz)
-    details: dict[str, str] = field(default_factory=dict)
 
 
 class EngineError(RuntimeError):
@@ -123,9 +116,6 @@ class ImageEngine(abc.ABC):
     def truncated_fields(self, request: GenerationRequest) -> list[str]:
         """Names of the prompt fields longer than the text encoders read (they are cut)."""
         return []
-
-    def health(self) -> EngineHealth:
-        return EngineHealth(ready=True)
 
     def close(self) -> None:
         """Release memory and devices; the engine is unusable afterwards."""

@@ -11,11 +11,11 @@ from typing import Sequence
 from aiohttp import web
 
 from engines.base import EngineUnavailable
-from engines.select import EngineRequest, select_engine
-from service.app import READINESS, create_app, drain
+from service.app import create_app
 from service.cache import ImageCache
 from service.logs import AccessLogger, configure_logging
 from service.settings import Settings, SettingsError, load_settings
+from service.state import READINESS, drain
 
 logger = logging.getLogger("service")
 
@@ -48,12 +48,17 @@ async def serve(app: web.Application, settings: Settings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Serve until stopped. Exit status: 0 after a clean drain, 2 when refused before serving (settings,
+    engine, cache directory), 1 for any other failed start."""
     try:
         settings = load_settings(argv)
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    # Imported only now: the engine factory pulls in torch (seconds), and a bad flag is refused before that.
+    from engines.select import EngineRequest, select_engine
+
     try:
         engine = select_engine(
             EngineRequest(

@@ -1,8 +1,8 @@
-"""create_app(settings, engine, cache) -> aiohttp Application: typed keys, middlewares, life cycle.
+"""create_app(settings, engine, cache) -> aiohttp Application: middlewares, routes, life cycle.
 
 The application takes ownership of the engine and the cache it is given: its cleanup context
-starts the scheduler, loads and warms up the engine in the background (so /healthz answers while a
-large model loads), and on shutdown drains, then closes the scheduler, the engine and the cache.
+starts the admission queue, loads and warms up the engine in the background (so /healthz answers while a
+large model loads), and on shutdown drains, then closes the admission queue, the engine and the cache.
 """
 
 from __future__ import annotations
@@ -11,46 +11,23 @@ import asyncio
 import logging
 import re
 import uuid
-from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
 from engines.base import ImageEngine
+from service.admission import AdmissionQueue
 from service.cache import ImageCache
 from service.errors import REQUEST_ID_HEADER, REQUEST_ID_KEY, error_middleware
-from service.generation import ImageGenerator, run_blocking
+from service.images import CachedImages
 from service.logs import current_request_id
 from service.metrics import ServiceMetrics, metrics_middleware
-from service.scheduler import InferenceScheduler
+from service.routes import add_routes
 from service.schema import RequestLimits
 from service.settings import Settings
+from service.state import ADMISSION, CACHE, ENGINE, IMAGES, LIMITS, METRICS, READINESS, SETTINGS, Readiness
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Readiness:
-    """Where the service stands: loading -> warming_up -> ready -> draining; or failed."""
-
-    state: str = "loading"
-    detail: str = ""
-    # Set when the process should stop: the engine could not load, or a signal came.
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def ready(self) -> bool:
-        return self.state == "ready"
-
-
-SETTINGS = web.AppKey("settings", Settings)
-ENGINE = web.AppKey("engine", ImageEngine)
-CACHE = web.AppKey("cache", ImageCache)
-SCHEDULER = web.AppKey("scheduler", InferenceScheduler)
-GENERATOR = web.AppKey("generator", ImageGenerator)
-READINESS = web.AppKey("readiness", Readiness)
-LIMITS = web.AppKey("limits", RequestLimits)
-METRICS = web.AppKey("metrics", ServiceMetrics)
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -69,11 +46,11 @@ async def request_id_middleware(
 
 
 async def _load_and_warm_up(app: web.Application) -> None:
-    engine, scheduler, readiness = app[ENGINE], app[SCHEDULER], app[READINESS]
+    engine, admission, readiness = app[ENGINE], app[ADMISSION], app[READINESS]
     try:
-        await scheduler.call_engine(engine.load)
+        await admission.call_engine(engine.load)
         readiness.state, readiness.detail = "warming_up", "making one warm-up image"
-        await scheduler.call_engine(engine.warm_up)
+        await admission.call_engine(engine.warm_up)
     except Exception as exc:
         logger.exception("the engine %s could not start", engine.info.name)
         readiness.state, readiness.detail = "failed", f"{exc.__class__.__name__}: {exc}"
@@ -84,32 +61,22 @@ async def _load_and_warm_up(app: web.Application) -> None:
 
 
 async def _engine_context(app: web.Application) -> AsyncIterator[None]:
-    scheduler, engine = app[SCHEDULER], app[ENGINE]
-    scheduler.start()
+    admission, engine = app[ADMISSION], app[ENGINE]
+    admission.start()
     loader = asyncio.create_task(_load_and_warm_up(app), name="engine-loader")
     yield
     loader.cancel()
     await asyncio.gather(loader, return_exceptions=True)
-    await scheduler.close()
-    await run_blocking(engine.close)
+    await admission.close()
+    await asyncio.to_thread(engine.close)
 
 
 async def _cache_context(app: web.Application) -> AsyncIterator[None]:
     yield
-    await run_blocking(app[CACHE].close)
-
-
-async def drain(app: web.Application) -> bool:
-    """Refuse new work, let in-flight work finish within the grace period; True if all of it did."""
-    readiness = app[READINESS]
-    if readiness.state != "failed":
-        readiness.state, readiness.detail = "draining", "shutting down"
-    return await app[SCHEDULER].drain(app[SETTINGS].shutdown_timeout)
+    await asyncio.to_thread(app[CACHE].close)
 
 
 def create_app(settings: Settings, engine: ImageEngine, cache: ImageCache) -> web.Application:
-    from service.routes import add_routes  # routes read the keys above
-
     metrics = ServiceMetrics()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
@@ -124,14 +91,14 @@ def create_app(settings: Settings, engine: ImageEngine, cache: ImageCache) -> we
     app[LIMITS] = RequestLimits(
         max_prompt_chars=settings.max_prompt_chars, max_steps=settings.max_steps, engine=engine.limits
     )
-    app[SCHEDULER] = InferenceScheduler(
+    app[ADMISSION] = AdmissionQueue(
         engine,
         max_queue=settings.max_queue,
         max_batch=settings.max_batch,
         batch_window_s=settings.batch_window_ms / 1000,
         observer=metrics,
     )
-    app[GENERATOR] = ImageGenerator(engine, cache, app[SCHEDULER], metrics)
+    app[IMAGES] = CachedImages(engine, cache, app[ADMISSION], metrics)
     # Cleanup runs in reverse: the engine stops before the cache closes.
     app.cleanup_ctx.append(_cache_context)
     app.cleanup_ctx.append(_engine_context)

@@ -38,7 +38,6 @@ class ImageCache:
     def __init__(self, directory: Path, size_limit_bytes: int) -> None:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
-        self.directory = directory
         self._cache = diskcache.Cache(
             str(directory), size_limit=size_limit_bytes, eviction_policy="least-recently-used"
         )
@@ -68,10 +67,6 @@ class ImageCache:
             self._cache.delete(key)
         except Exception:
             logger.exception("image cache delete failed for %s", key)
-
-    def volume(self) -> int:
-        """Bytes on disk (an estimate kept by diskcache)."""
-        return self._cache.volume()
 
     def close(self) -> None:
         self._cache.close()

@@ -1,5 +1,5 @@
 """Prometheus metrics: one registry per app (no module-level state), fed by a middleware,
-the scheduler and the image generator."""
+the admission queue and the image images."""
 
 from __future__ import annotations
 
@@ -9,20 +9,20 @@ from typing import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from service.scheduler import SchedulerObserver
+from service.admission import AdmissionObserver
 
 # Seconds: from a cache hit (sub-millisecond) to a full-size image on a CPU (tens of seconds).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120)
 
 
-class ServiceMetrics(SchedulerObserver):
+class ServiceMetrics(AdmissionObserver):
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("sdxl_http_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
         self.cache = Counter("sdxl_cache_lookups", "Image cache lookups by result", ["result"], registry=r)
         self.queue_depth = Gauge("sdxl_queue_depth", "Requests waiting for the model", registry=r)
-        self.refusals = Counter("sdxl_refused_requests", "Requests refused or dropped by the scheduler", ["reason"], registry=r)
+        self.refusals = Counter("sdxl_refused_requests", "Requests refused or dropped by the admission queue", ["reason"], registry=r)
         self.batch_size = Histogram("sdxl_batch_size", "Requests per engine call", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.stage_seconds = Histogram(
             "sdxl_stage_seconds",
@@ -32,7 +32,7 @@ class ServiceMetrics(SchedulerObserver):
             registry=r,
         )
 
-    # --- SchedulerObserver --------------------------------------------------------------------------
+    # --- AdmissionObserver --------------------------------------------------------------------------
 
     def queued(self, depth: int) -> None:
         self.queue_depth.set(depth)

@@ -1,4 +1,4 @@
-"""HTTP handlers. They parse, ask ImageGenerator, and shape the answer; nothing here blocks."""
+"""HTTP handlers. They parse, ask CachedImages, and shape the answer; nothing here blocks."""
 
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ from typing import Awaitable, TypeVar
 
 from aiohttp import web
 
-from service.app import ENGINE, GENERATOR, LIMITS, METRICS, READINESS, SCHEDULER, SETTINGS
-from service.generation import run_blocking
 from service.errors import DeadlineExceeded, InvalidField, NotReady, UnsupportedMediaType
 from service.openapi import openapi_spec
 from service.schema import ImageJob, decode_json_body, parse_generation_request, parse_openai_request
+from service.state import ADMISSION, ENGINE, IMAGES, LIMITS, METRICS, READINESS, SETTINGS
 
 INDEX_PAGE = (Path(__file__).with_name("static") / "index.html").read_text()
 TIMEOUT_HEADER = "X-Request-Timeout"
@@ -91,13 +90,13 @@ async def generate_image(request: web.Request) -> web.Response:
     require_ready(request)
     deadline = request_deadline(request)
     job = parse_generation_request(await read_json(request), request.app[LIMITS], request.headers.get("Accept"))
-    generator = request.app[GENERATOR]
-    key = generator.key(job)
-    found = await generator.lookup(job, key)
+    images = request.app[IMAGES]
+    key = images.key(job)
+    found = await images.lookup(job, key)
     headers = image_headers(request, job, key, found.truncated)
     if etag_matches(request.headers.get("If-None-Match"), headers["ETag"]):
         return web.Response(status=304, headers=headers)
-    result = await within_deadline(generator.answer(job, key, deadline, found.cached), deadline)
+    result = await within_deadline(images.answer(job, key, deadline, found.cached), deadline)
     headers["X-Cache"] = result.cache_status
     return web.Response(body=result.data, content_type=job.media_type, headers=headers)
 
@@ -107,11 +106,11 @@ async def openai_generations(request: web.Request) -> web.Response:
     require_ready(request)
     deadline = request_deadline(request)
     jobs = parse_openai_request(await read_json(request), request.app[LIMITS])
-    generator = request.app[GENERATOR]
+    images = request.app[IMAGES]
     results = await within_deadline(
-        asyncio.gather(*(generator.get(job, generator.key(job), deadline) for job in jobs)), deadline
+        asyncio.gather(*(images.get(job, images.key(job), deadline) for job in jobs)), deadline
     )
-    encoded = await run_blocking(lambda: [base64.b64encode(r.data).decode("ascii") for r in results])
+    encoded = await asyncio.to_thread(lambda: [base64.b64encode(r.data).decode("ascii") for r in results])
     data = [{"b64_json": b64, "seed": job.generation.seed} for job, b64 in zip(jobs, encoded)]
     return web.json_response(
         {"created": int(time.time()), "data": data}, headers={"X-Engine": request.app[ENGINE].info.name}
@@ -135,7 +134,7 @@ async def readyz(request: web.Request) -> web.Response:
         "engine": engine.info.name,
         "engine_reason": engine.info.selection_reason,
         "model": engine.info.model_fingerprint,
-        "queue_depth": request.app[SCHEDULER].depth,
+        "queue_depth": request.app[ADMISSION].depth,
     }
     return web.json_response(body, status=200 if readiness.ready else 503)
 

@@ -10,7 +10,7 @@ import threading
 import time
 
 
-from service.app import SCHEDULER, drain
+from service.state import ADMISSION, drain
 from tests.engines import ControlledEngine
 from tests.helpers import ServiceProcess, generate, request
 
@@ -30,10 +30,10 @@ async def hold_engine_busy(client, engine: ControlledEngine) -> asyncio.Task:
 
 async def wait_for_depth(client, depth: int) -> None:
     for _ in range(200):
-        if client.app[SCHEDULER].depth == depth:
+        if client.app[ADMISSION].depth == depth:
             return
         await asyncio.sleep(0.01)
-    raise AssertionError(f"queue depth {client.app[SCHEDULER].depth}, expected {depth}")
+    raise AssertionError(f"queue depth {client.app[ADMISSION].depth}, expected {depth}")
 
 
 async def test_full_queue_refuses_at_once_with_retry_after(make_client):
@@ -46,7 +46,7 @@ async def test_full_queue_refuses_at_once_with_retry_after(make_client):
     assert [r.status for r in refused] == [429, 429, 429]
     assert int(refused[0].headers["Retry-After"]) >= 1
     assert (await refused[0].json())["error"]["code"] == "queue_full"
-    assert client.app[SCHEDULER].depth == 2, "the queue never grows past its bound"
+    assert client.app[ADMISSION].depth == 2, "the queue never grows past its bound"
     engine.release.set()
     assert [r.status for r in await asyncio.gather(running, *queued)] == [200, 200, 200]
     assert engine.requests_seen == 3
@@ -112,10 +112,12 @@ async def test_batches_only_group_requests_that_can_share_a_unet_call(make_clien
 
 
 def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one series in the Prometheus text; a missing series fails the test (it is not 0)."""
     label_text = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = re.escape(name) + (r"\{" + re.escape(label_text) + r"\}" if labels else "") + r" ([0-9.e+-]+)"
-    match = re.search(pattern, text)
-    return float(match.group(1)) if match else 0.0
+    pattern = r"^" + re.escape(name) + (r"\{" + re.escape(label_text) + r"\}" if labels else "") + r" ([0-9.e+-]+)$"
+    match = re.search(pattern, text, re.MULTILINE)
+    assert match, f"no series {name}{{{label_text}}} in /metrics:\n{text}"
+    return float(match.group(1))
 
 
 async def test_metrics_move_as_the_requests_say(make_client):
@@ -210,7 +212,7 @@ async def test_a_shared_computation_lives_while_any_of_its_waiters_does(make_cli
     await asyncio.sleep(0.1)
     first.cancel()  # one of the two identical requests leaves
     await asyncio.sleep(0.1)
-    assert client.app[SCHEDULER].depth == 1, "the other waiter keeps the queued work"
+    assert client.app[ADMISSION].depth == 1, "the other waiter keeps the queued work"
     engine.release.set()
     reply = await second
     assert reply.status == 200 and reply.headers["X-Cache"] == "SHARED"

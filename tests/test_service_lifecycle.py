@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
+import logging
 import sqlite3
 import stat
 import threading
@@ -74,19 +77,22 @@ async def test_cache_stores_raw_image_bytes_in_a_private_directory(make_client, 
     assert mode in (1, 2) and stored == png  # diskcache's MODE_RAW / MODE_BINARY: no pickle
 
 
+class BrokenDiskCache:
+    """Stands in for the diskcache.Cache inside an ImageCache: every read and write fails."""
+
+    def get(self, *args, **kwargs):
+        raise sqlite3.OperationalError("database is locked")
+
+    set = delete = get
+
+    def close(self):
+        pass
+
+
 async def test_a_failing_cache_costs_a_miss_not_the_request(make_client, caplog):
     engine = ControlledEngine()
     client = await make_client(engine)
-    from service.app import CACHE
-
-    class BrokenDiskCache:
-        def get(self, *args, **kwargs):
-            raise sqlite3.OperationalError("database is locked")
-
-        set = delete = get
-
-        def close(self):
-            pass
+    from service.state import CACHE
 
     client.app[CACHE]._cache = BrokenDiskCache()
     first = await client.post("/generate-image", json=GOOD)
@@ -97,10 +103,45 @@ async def test_a_failing_cache_costs_a_miss_not_the_request(make_client, caplog)
     assert "image cache read failed" in caplog.text and "image cache write failed" in caplog.text
 
 
+async def test_cache_failures_are_logged_with_the_id_of_the_request_they_cost(make_client):
+    """The cache is read and written on worker threads; their log lines still name the request."""
+    from service.logs import JsonFormatter
+    from service.state import CACHE
+
+    client = await make_client(ControlledEngine())
+    client.app[CACHE]._cache = BrokenDiskCache()
+    lines = io.StringIO()
+    handler = logging.StreamHandler(lines)
+    handler.setFormatter(JsonFormatter())  # formats as the record is emitted, on the thread that logs it
+    cache_logger = logging.getLogger("service.cache")
+    cache_logger.addHandler(handler)
+    try:
+        reply = await client.post("/generate-image", json=GOOD, headers={"X-Request-Id": "some-id"})
+    finally:
+        cache_logger.removeHandler(handler)
+    assert reply.status == 200
+    logged = [json.loads(line) for line in lines.getvalue().splitlines()]
+    failures = {entry["message"].split(" failed")[0]: entry.get("request_id") for entry in logged}
+    assert failures == {"image cache read": "some-id", "image cache write": "some-id"}, logged
+
+
+async def test_the_engine_thread_runs_in_the_callers_context():
+    """What runs on the engine's own thread logs with the id of the request that is being served."""
+    from service.admission import AdmissionQueue
+    from service.logs import current_request_id
+
+    admission = AdmissionQueue(ControlledEngine(), max_queue=1)
+    current_request_id.set("engine-call")
+    try:
+        assert await admission.call_engine(current_request_id.get) == "engine-call"
+    finally:
+        await admission.close()
+
+
 async def test_a_corrupt_entry_is_dropped_and_the_image_made_again(make_client):
     engine = ControlledEngine()
     client = await make_client(engine)
-    from service.app import CACHE
+    from service.state import CACHE
 
     good = await (await client.post("/generate-image", json=GOOD)).read()
     cache = client.app[CACHE]
@@ -117,8 +158,17 @@ async def test_closing_the_app_closes_engine_and_cache(aiohttp_client, tmp_path)
     from service.cache import ImageCache
     from service.settings import Settings
 
+    class RecordingCache(ImageCache):
+        closed = False
+
+        def close(self) -> None:
+            super().close()
+            self.closed = True
+
     engine = ControlledEngine()
     settings = Settings(model="test", cache_dir=tmp_path / "cache")
-    client = await aiohttp_client(create_app(settings, engine, ImageCache(settings.cache_dir, settings.cache_size)))
+    cache = RecordingCache(settings.cache_dir, settings.cache_size)
+    client = await aiohttp_client(create_app(settings, engine, cache))
+    assert not (engine.closed or cache.closed)
     await client.close()
-    assert engine.closed
+    assert engine.closed and cache.closed

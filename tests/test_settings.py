@@ -48,12 +48,20 @@ def test_sizes():
     assert parse_size("2GB") == 2 * 1024**3 and parse_size("1048576") == 1048576 and parse_size("1.5k") == 1536
 
 
-def test_bad_setting_exits_2_with_one_line_and_no_traceback():
+def test_bad_setting_exits_2_with_one_line_before_torch_is_imported():
+    """A bad flag is refused at once: settings are checked before the engine factory imports torch."""
     result = subprocess.run(
-        [sys.executable, "-m", "service", "--port", "abc"], cwd=REPO, capture_output=True, text=True, timeout=120
+        [sys.executable, "-X", "importtime", "-m", "service", "--port", "nope"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
     )
+    timings = [line for line in result.stderr.splitlines() if line.startswith("import time:")]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in timings}
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: --port='abc': must be an integer from 1 to 65535"
+    assert [line for line in result.stderr.splitlines() if line not in timings] == [
+        "error: --port='nope': must be an integer from 1 to 65535"
+    ]
+    assert "service.settings" in imported, "-X importtime lists every module imported"
+    assert not {name for name in imported if name.split(".")[0] == "torch"}
 
 
 def test_a_model_path_that_is_not_a_pipeline_stops_start_up(tmp_path):

@@ -1,6 +1,6 @@
 """Between the HTTP layer and the engine: admission queue, deadlines, micro-batching, coalescing.
 
-`InferenceScheduler` owns the engine's one thread. Requests wait in a bounded queue; a full queue
+`AdmissionQueue` owns the engine's one thread. Requests wait in a bounded queue; a full queue
 refuses at once with a Retry-After estimate; a request whose deadline passes while queued is
 dropped before it reaches the model; requests that can share a UNet batch are run together.
 `InFlight` makes identical requests in flight share one computation.
@@ -9,6 +9,8 @@ dropped before it reaches the model; requests that can share a UNet batch are ru
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +34,7 @@ class _Job:
     enqueued: float = field(default_factory=time.monotonic)
 
 
-class SchedulerObserver:
+class AdmissionObserver:
     """Hooks for metrics; the default does nothing."""
 
     def queued(self, depth: int) -> None: ...
@@ -40,7 +42,7 @@ class SchedulerObserver:
     def batch_done(self, size: int, queue_waits: list[float], stage_seconds: dict[str, float]) -> None: ...
 
 
-class InferenceScheduler:
+class AdmissionQueue:
     def __init__(
         self,
         engine: ImageEngine,
@@ -48,13 +50,13 @@ class InferenceScheduler:
         max_queue: int,
         max_batch: int = 1,
         batch_window_s: float = 0.0,
-        observer: SchedulerObserver | None = None,
+        observer: AdmissionObserver | None = None,
     ) -> None:
         self.engine = engine
         self.max_queue = max_queue
         self.max_batch = max(1, min(max_batch, engine.limits.max_batch))
         self.batch_window_s = batch_window_s if self.max_batch > 1 else 0.0
-        self.observer = observer or SchedulerObserver()
+        self.observer = observer or AdmissionObserver()
         self._pending: list[_Job] = []
         self._running: list[_Job] = []
         self._wakeup = asyncio.Event()
@@ -66,11 +68,13 @@ class InferenceScheduler:
     # --- the engine's thread, also used to load and warm up -------------------------------------
 
     async def call_engine(self, fn: Callable[..., T], *args: object) -> T:
-        """Run a blocking engine method on the engine's own thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        """Run a blocking engine method on the engine's own thread, in a copy of the caller's context
+        (as asyncio.to_thread does), so its log lines keep the request id."""
+        call = functools.partial(contextvars.copy_context().run, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     def start(self) -> None:
-        self._worker = asyncio.create_task(self._run(), name="inference-scheduler")
+        self._worker = asyncio.create_task(self._run(), name="admission-queue")
 
     # --- admission --------------------------------------------------------------------------------
 
@@ -214,9 +218,6 @@ class InFlight(Generic[T]):
     def __init__(self) -> None:
         self._tasks: dict[str, asyncio.Task[T]] = {}
         self._waiters: dict[asyncio.Task[T], int] = {}
-
-    def __len__(self) -> int:
-        return len(self._tasks)
 
     async def run(self, key: str, start: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """Returns the result and whether it was shared with an earlier identical request."""

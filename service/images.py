@@ -1,7 +1,8 @@
 """One image for one request: cache lookup, then a shared computation on a miss, then the cache again.
 
-request -> (schema) -> cache -> scheduler -> engine -> encoder -> cache -> response. The HTTP routes
-call `ImageGenerator.get`; everything blocking runs off the event loop.
+request -> (schema) -> cache -> admission -> engine -> encoder -> cache -> response. The HTTP routes
+call `CachedImages.lookup` then `answer` (or `get`, both at once); everything blocking runs off the
+event loop.
 """
 
 from __future__ import annotations
@@ -9,22 +10,13 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Callable, TypeVar
 
 from engines.base import ImageEngine
+from service.admission import AdmissionQueue, InFlight
 from service.cache import ImageCache, content_key
 from service.imaging import encode_image
 from service.metrics import ServiceMetrics
-from service.scheduler import InferenceScheduler, InFlight
 from service.schema import ImageJob
-
-T = TypeVar("T")
-
-
-async def run_blocking(fn: Callable[..., T], *args: object) -> T:
-    """Disk, tokenizers and image encoding: the loop's default thread pool, never the loop."""
-    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
-
 
 @dataclass(frozen=True)
 class Lookup:
@@ -38,14 +30,16 @@ class ImageResult:
     cache_status: str  # HIT, MISS or SHARED (joined an identical request being computed)
 
 
-class ImageGenerator:
+class CachedImages:
+    """Images by content key: from the cache, else computed once for all identical requests in flight."""
+
     def __init__(
-        self, engine: ImageEngine, cache: ImageCache, scheduler: InferenceScheduler, metrics: ServiceMetrics
+        self, engine: ImageEngine, cache: ImageCache, admission: AdmissionQueue, metrics: ServiceMetrics
     ) -> None:
         self.engine = engine
         self.metrics = metrics
         self.cache = cache
-        self.scheduler = scheduler
+        self.admission = admission
         self._in_flight: InFlight[bytes] = InFlight()
 
     def key(self, job: ImageJob) -> str:
@@ -55,14 +49,14 @@ class ImageGenerator:
     async def lookup(self, job: ImageJob, key: str) -> Lookup:
         """What every request needs before it is answered, in one trip off the event loop: which
         prompts the encoders will cut, and the cached image, if any."""
-        return await run_blocking(self._lookup, job, key)
+        return await asyncio.to_thread(self._lookup, job, key)
 
     def _lookup(self, job: ImageJob, key: str) -> Lookup:
         return Lookup(self.engine.truncated_fields(job.generation), self.cache.get(key, job.output_format))
 
     async def get(self, job: ImageJob, key: str, deadline: float) -> ImageResult:
         """The image for `job`: from the cache, or made (or joined) now."""
-        return await self.answer(job, key, deadline, await run_blocking(self.cache.get, key, job.output_format))
+        return await self.answer(job, key, deadline, await asyncio.to_thread(self.cache.get, key, job.output_format))
 
     async def answer(self, job: ImageJob, key: str, deadline: float, cached: bytes | None) -> ImageResult:
         """`cached` (a HIT) when the lookup found it, else the image made for this request (MISS) or
@@ -76,9 +70,9 @@ class ImageGenerator:
         return result
 
     async def _make(self, job: ImageJob, key: str, deadline: float) -> bytes:
-        pixels = await self.scheduler.submit(job.generation, deadline)
+        pixels = await self.admission.submit(job.generation, deadline)
         started = time.perf_counter()
-        data = await run_blocking(encode_image, pixels, job.output_format)
+        data = await asyncio.to_thread(encode_image, pixels, job.output_format)
         self.metrics.stage("image_encoding", time.perf_counter() - started)
-        await run_blocking(self.cache.set, key, data)  # only a finished image is ever stored
+        await asyncio.to_thread(self.cache.set, key, data)  # only a finished image is ever stored
         return data
