@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 # What a backend module exposes to be timed here:
 #   build_component_runners(components: SDXLComponents, precision: str, work_dir: Path)
 #       -> tuple[UNetRunner, VAEDecoderRunner]
-# Runners follow engines/pipeline.py: float32 torch tensors in and out, numerics cast inside.
+# Runners follow engines/core/pipeline.py: float32 torch tensors in and out, numerics cast inside.
 HOOK = "build_component_runners"
 PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 BENCHMARK_PROMPT = "A cinematic shot a 3 maneki neko in South America."

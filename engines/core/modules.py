@@ -1,4 +1,4 @@
-"""The UNet and the VAE decoder as modules with the loop's runner signatures (engines/pipeline.py).
+"""The UNet and the VAE decoder as modules with the loop's runner signatures (engines/core/pipeline.py).
 
 The PyTorch runners call them, and ONNX export and the OpenVINO conversion trace them: one
 definition of what each component takes and returns.
