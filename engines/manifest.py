@@ -18,9 +18,11 @@ from engines.core.specs import COMPILED_COMPONENTS, BuildRange, ModelDims
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
-ArtefactKind = Literal["onnx", "plan", "openvino"]
+# onnx: the float32 graph (ONNX Runtime, and the reference for checks); typed_onnx: the graph in the
+# precision a strongly typed TensorRT plan computes in (the fp16 UNet); plan: a TensorRT engine.
+ArtefactKind = Literal["onnx", "typed_onnx", "plan", "openvino"]
 # What build_engines.py needs besides --model and --out to make each kind again.
-BUILD_FLAGS: dict[str, str] = {"onnx": " --onnx-only", "plan": "", "openvino": " --target cpu"}
+BUILD_FLAGS: dict[str, str] = {"onnx": " --onnx-only", "typed_onnx": "", "plan": "", "openvino": " --target cpu"}
 
 
 class ManifestError(EngineUnavailable):
@@ -49,6 +51,7 @@ class ComponentEntry:
     onnx: Artefact | None  # None in a --target cpu build, which converts from torch directly
     plan: Artefact | None = None
     openvino: Artefact | None = None
+    typed_onnx: Artefact | None = None  # only where the plan is built from another graph than `onnx`
 
     def artefact(self, kind: ArtefactKind) -> Artefact | None:
         return getattr(self, kind)
@@ -158,6 +161,12 @@ class Manifest:
         if built_with != tensorrt_version:
             raise ManifestError(
                 f"the plans in {directory} were built with TensorRT {built_with}, this is TensorRT {tensorrt_version}{hint}"
+            )
+        untyped = [name for name in COMPILED_COMPONENTS if "io_dtypes" not in self.components[name].plan.details]
+        if untyped:
+            raise ManifestError(
+                f"the plans in {directory} for {', '.join(untyped)} record no precision read back from the engine "
+                f"(a weakly typed build from before TensorRT 10.12){hint}"
             )
 
     def artefact(self, directory: Path, component: str, kind: ArtefactKind) -> Artefact:

@@ -124,3 +124,11 @@ def running_service(args: list[str], **kwargs: Any) -> Iterator[ServiceProcess]:
     finally:
         code = service.stop()
         assert code == 0, f"the service did not exit cleanly ({code}):\n{service.log()}"
+
+
+def pixel_difference(image: Any, reference: Any) -> tuple[int, float]:
+    """(max, mean) absolute difference of two uint8 images, for comparing numerics that differ on purpose."""
+    import numpy as np
+
+    difference = np.abs(np.asarray(image).astype(np.int16) - np.asarray(reference).astype(np.int16))
+    return int(difference.max()), float(difference.mean())

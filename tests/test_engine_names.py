@@ -33,8 +33,8 @@ def test_compiled_backend_names() -> None:
     assert onnxruntime_name(on_cuda=True, text_precision="fp16") == "onnxruntime-cuda-fp32-text-fp16"
     assert openvino_name("bf16") == "openvino-cpu-bf16"
     assert openvino_name("f32", tiny_vae=True) == "openvino-cpu-f32-taesd"
-    assert tensorrt_name("fp16", "bf16") == "tensorrt-fp16-vae-bf16"
-    assert tensorrt_name("fp16", "fp32") == "tensorrt-fp16-vae-fp32"
+    assert tensorrt_name("fp16", "tf32") == "tensorrt-fp16-vae-tf32"
+    assert tensorrt_name("bf16", "tf32") == "tensorrt-bf16-vae-tf32"
 
 
 def test_an_engine_takes_its_name_from_the_one_function(presets_dir) -> None:

@@ -19,9 +19,10 @@ import torch
 from engines.build import tensorrt_plans
 from engines.base import EngineError
 from engines.core.specs import UNET, BuildRange, ModelDims
-from engines.backends.tensorrt_engine import TensorRTRunner
+from engines.backends.tensorrt_engine import ALIGNMENT, TensorRTRunner, aligned
 from engines.build.tensorrt_plans import PlanBuildError, build_plan
-from engines.core.numerics import tensorrt_vae_precision as vae_precision
+from engines.core.numerics import tensorrt_graph
+from tests import fake_tensorrt
 
 SPEC = ModelDims(hidden_size=64, pooled_size=32, upsample_factor=2).specs()[UNET]
 NUMPY = {"FLOAT": (ctypes.c_float, np.float32), "HALF": (ctypes.c_uint16, np.float16)}
@@ -56,6 +57,8 @@ class FakeContext:
         return True
 
     def set_tensor_address(self, name: str, address: int) -> bool:
+        if address % ALIGNMENT:  # TensorRT's rule for every tensor address
+            return False
         self.addresses[name] = address
         return True
 
@@ -117,135 +120,105 @@ def test_the_runner_checks_its_arity() -> None:
         run(torch.zeros(1))
 
 
-def test_vae_precision_keeps_the_vae_out_of_fp16() -> None:
-    assert vae_precision("8.0") == vae_precision("9.0") == "bf16"
-    assert vae_precision("7.5") == "fp32"
+def test_a_timestep_view_into_the_schedule_is_bound_aligned() -> None:
+    """The loop's timestep is `scheduler.timesteps[i]` expanded: a view 4 bytes into its storage."""
+    run, context = runner()
+    samples = SPEC.sample_inputs(batch=1, width=64, height=64)
+    schedule = torch.tensor([999.0, 759.0, 499.0, 259.0])
+    samples["timestep"] = schedule[1].expand(1)
+    assert samples["timestep"].data_ptr() % ALIGNMENT != 0
+    noise = run(*(samples[name] for name in SPEC.input_names))
+    assert all(address % ALIGNMENT == 0 for address in context.addresses.values())
+    assert torch.allclose(noise, 2 * samples["sample"] + 0.759, atol=2e-2)
 
 
-# --- the builder, against a stand-in module ---------------------------------------------------------------
+def test_aligned_copies_only_what_it_must() -> None:
+    storage = torch.arange(200, dtype=torch.float32)
+    view = storage[1:65]
+    copy = aligned(view)
+    assert copy.data_ptr() % ALIGNMENT == 0 and torch.equal(copy, view)
+    assert aligned(copy) is copy
 
 
-class FakeTensorRT(types.ModuleType):
-    """What build_plan touches of `tensorrt`, recording what it was asked."""
-
-    def __init__(self, parses: bool = True, builds: bool = True) -> None:
-        super().__init__("tensorrt")
-        self.__version__ = "10.8.0.43"
-        fake = self
-        self.calls: dict[str, object] = {"flags": [], "shapes": {}}
-
-        class Logger:
-            WARNING = "warning"
-
-            def __init__(self, severity: str) -> None:
-                pass
-
-        class TimingCache:
-            def __init__(self, data: bytes) -> None:
-                self.data = data
-
-            def serialize(self) -> bytes:
-                return self.data + b"+new timings"
-
-        class Config:
-            builder_optimization_level = 3
-            progress_monitor = None
-
-            def set_flag(self, flag: str) -> None:
-                fake.calls["flags"].append(flag)
-
-            def add_optimization_profile(self, profile: object) -> int:
-                return 0
-
-            def create_timing_cache(self, data: bytes) -> TimingCache:
-                fake.calls["cache_in"] = bytes(data)
-                self.cache = TimingCache(bytes(data))
-                return self.cache
-
-            def set_timing_cache(self, cache: TimingCache, ignore_mismatch: bool) -> bool:
-                fake.calls["ignore_mismatch"] = ignore_mismatch
-                return True
-
-            def get_timing_cache(self) -> TimingCache:
-                return self.cache
-
-        class Profile:
-            def set_shape(self, name: str, smallest, usual, largest) -> None:
-                fake.calls["shapes"][name] = (smallest, usual, largest)
-
-        class Builder:
-            def __init__(self, logger: Logger) -> None:
-                pass
-
-            def create_network(self, flags: int) -> str:
-                return "network"
-
-            def create_builder_config(self) -> Config:
-                fake.calls["config"] = Config()
-                return fake.calls["config"]
-
-            def create_optimization_profile(self) -> Profile:
-                return Profile()
-
-            def build_serialized_network(self, network: str, config: Config) -> bytes | None:
-                return b"serialized plan" if builds else None
-
-        class OnnxParser:
-            num_errors = 0 if parses else 2
-
-            def __init__(self, network: str, logger: Logger) -> None:
-                pass
-
-            def parse_from_file(self, path: str) -> bool:
-                fake.calls["parsed"] = path
-                return parses
-
-            def get_error(self, index: int) -> str:
-                return f"unsupported node {index}"
-
-        class IProgressMonitor:
-            def __init__(self) -> None:
-                pass
-
-        self.Logger, self.Builder, self.OnnxParser, self.IProgressMonitor = Logger, Builder, OnnxParser, IProgressMonitor
-        self.BuilderFlag = types.SimpleNamespace(FP16="FP16", BF16="BF16")
+def test_a_refused_address_is_an_engine_error() -> None:
+    run, context = runner()
+    context.set_tensor_address = lambda name, address: False
+    samples = SPEC.sample_inputs(batch=1, width=64, height=64)
+    with pytest.raises(EngineError, match="TensorRT refused the address of sample"):
+        run(*(samples[name] for name in SPEC.input_names))
 
 
-def build(monkeypatch, tmp_path: Path, precision: str = "fp16", **fake_options: bool) -> FakeTensorRT:
-    fake = FakeTensorRT(**fake_options)
-    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+def test_the_vae_graph_stays_out_of_fp16() -> None:
+    assert tensorrt_graph("unet", "fp16") == (torch.float16, False)
+    assert tensorrt_graph("unet", "bf16") == (torch.bfloat16, False)
+    assert tensorrt_graph("vae_decoder", "fp16") == (torch.float32, True)
+
+
+# --- the plan builder, against the TensorRT 11 stand-in ------------------------------------------------
+
+
+@pytest.fixture
+def trt(monkeypatch) -> types.ModuleType:
+    module = fake_tensorrt.make_module()
+    monkeypatch.setitem(sys.modules, "tensorrt", module)
+    return module
+
+
+def build(tmp_path: Path, onnx_engines: Path, tf32: bool = False) -> tensorrt_plans.PlanFacts:
     profile = SPEC.profile(BuildRange.for_sizes(((512, 512), (768, 768)), 1, 2))
-    build_plan(tmp_path / "unet" / "model.onnx", tmp_path / "unet.plan", profile, precision, tmp_path / "timing.cache", 5)
-    return fake
+    return build_plan(onnx_engines / "unet" / "model.onnx", tmp_path / "unet.plan", profile, tmp_path / "timing.cache", 5, tf32)
 
 
-def test_build_plan_sets_precision_profile_level_and_writes_the_plan(monkeypatch, tmp_path: Path) -> None:
-    fake = build(monkeypatch, tmp_path)
-    assert fake.calls["parsed"] == str(tmp_path / "unet" / "model.onnx")
-    assert fake.calls["flags"] == ["FP16"]
-    assert fake.calls["config"].builder_optimization_level == 5
-    assert fake.calls["shapes"]["sample"] == ((1, 4, 64, 64), (1, 4, 64, 64), (4, 4, 96, 96))
-    assert set(fake.calls["shapes"]) == set(SPEC.input_names)
-    assert (tmp_path / "unet.plan").read_bytes() == b"serialized plan"
+def test_a_strongly_typed_build_reads_its_precision_back(trt, tmp_path: Path, onnx_engines: Path) -> None:
+    facts = build(tmp_path, onnx_engines)
+    calls = trt.options.calls
+    assert calls["parsed"] == str(onnx_engines / "unet" / "model.onnx")
+    assert calls["networks"][0].flags == 0  # TensorRT 11: strongly typed is the only mode, no flag
+    assert calls["flags"] == []  # no precision flags: the graph's types decide
+    assert calls["config"].builder_optimization_level == 5
+    assert calls["config"].profiling_verbosity is trt.ProfilingVerbosity.DETAILED
+    assert calls["shapes"]["sample"] == ((1, 4, 64, 64), (1, 4, 64, 64), (4, 4, 96, 96))
+    assert set(calls["shapes"]) == set(SPEC.input_names)
+    assert facts.io_dtypes["sample"] == "FLOAT" and facts.precision("sample") == "fp32"
+    assert facts.layer_dtypes == {"FLOAT": 2}
+    assert fake_tensorrt.plan_path_io(tmp_path / "unet.plan")["noise_pred"] == ("FLOAT", "OUTPUT")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["timing.cache", "unet.plan"]  # no temporary files left
 
 
-@pytest.mark.parametrize(("precision", "flags"), [("fp32", []), ("bf16", ["BF16"])])
-def test_build_plan_precisions(monkeypatch, tmp_path: Path, precision: str, flags: list[str]) -> None:
-    assert build(monkeypatch, tmp_path, precision).calls["flags"] == flags
+def test_tf32_is_allowed_where_asked_and_named(trt, tmp_path: Path, onnx_engines: Path) -> None:
+    facts = build(tmp_path, onnx_engines, tf32=True)
+    assert trt.options.calls["flags"] == ["TF32"]
+    assert facts.precision("sample") == "tf32"
 
 
-def test_the_timing_cache_carries_over_between_builds(monkeypatch, tmp_path: Path) -> None:
-    first = build(monkeypatch, tmp_path)
-    assert first.calls["cache_in"] == b"" and first.calls["ignore_mismatch"] is False
-    second = build(monkeypatch, tmp_path)
-    assert second.calls["cache_in"] == b"+new timings"
-    assert (tmp_path / "timing.cache").read_bytes() == b"+new timings+new timings"
+def test_tensorrt_10_needs_the_strongly_typed_flag(trt, tmp_path: Path, onnx_engines: Path) -> None:
+    trt.__version__ = "10.13.3.9"
+    build(tmp_path, onnx_engines)
+    assert trt.options.calls["networks"][0].flags == 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
 
-def test_the_builder_reports_progress_in_the_log(monkeypatch, tmp_path: Path, caplog) -> None:
-    fake = build(monkeypatch, tmp_path)
-    monitor = fake.calls["config"].progress_monitor
+def test_a_tensorrt_too_old_for_strong_typing_is_refused(trt, tmp_path: Path, onnx_engines: Path) -> None:
+    trt.__version__ = "10.8.0.43"
+    with pytest.raises(PlanBuildError, match="TensorRT 10.8.0.43 is older than 10.12"):
+        build(tmp_path, onnx_engines)
+
+
+def test_the_timing_cache_carries_over_between_builds(trt, tmp_path: Path, onnx_engines: Path) -> None:
+    build(tmp_path, onnx_engines)
+    build(tmp_path, onnx_engines)
+    assert trt.options.calls["cache_in"] == [b"", b"+timings"]
+    assert (tmp_path / "timing.cache").read_bytes() == b"+timings+timings"
+
+
+def test_a_refused_timing_cache_is_a_build_error(trt, tmp_path: Path, onnx_engines: Path) -> None:
+    trt.options.accepts_timing_cache = False
+    with pytest.raises(PlanBuildError, match="refused the timing cache"):
+        build(tmp_path, onnx_engines)
+
+
+def test_the_builder_reports_progress_in_the_log(trt, tmp_path: Path, onnx_engines: Path, caplog) -> None:
+    build(tmp_path, onnx_engines)
+    monitor = trt.options.calls["config"].progress_monitor
     with caplog.at_level(logging.INFO, logger=tensorrt_plans.__name__):
         monitor.phase_start("Building engine", None, 3)
         monitor.phase_start("Tactic selection", "Building engine", 40)  # nested: not logged
@@ -253,12 +226,21 @@ def test_the_builder_reports_progress_in_the_log(monkeypatch, tmp_path: Path, ca
     assert [r.getMessage() for r in caplog.records] == ["unet.plan: Building engine (3 steps)"]
 
 
-def test_a_graph_tensorrt_cannot_parse(monkeypatch, tmp_path: Path) -> None:
-    with pytest.raises(PlanBuildError, match="could not parse .*: unsupported node 0; unsupported node 1"):
-        build(monkeypatch, tmp_path, parses=False)
+def test_a_graph_tensorrt_cannot_parse_is_one_line(trt, tmp_path: Path, onnx_engines: Path) -> None:
+    trt.options.parses = False
+    with pytest.raises(PlanBuildError, match="could not parse .*: In node 0: unsupported operator; In node 1") as failure:
+        build(tmp_path, onnx_engines)
+    assert "\n" not in str(failure.value)
 
 
-def test_a_failed_build_writes_nothing(monkeypatch, tmp_path: Path) -> None:
+def test_a_failed_build_writes_nothing(trt, tmp_path: Path, onnx_engines: Path) -> None:
+    trt.options.builds = False
     with pytest.raises(PlanBuildError, match="could not build unet.plan"):
-        build(monkeypatch, tmp_path, builds=False)
+        build(tmp_path, onnx_engines)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_anything_tensorrt_raises_is_one_line(trt, tmp_path: Path, onnx_engines: Path) -> None:
+    trt.options.raises_in_build = TypeError("build_serialized_network(): incompatible function arguments.\n  1. ...")
+    with pytest.raises(PlanBuildError, match=r"^TensorRT failed building unet.plan: TypeError: build_serialized_network\(\)"):
+        build(tmp_path, onnx_engines)

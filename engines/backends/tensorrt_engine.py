@@ -1,11 +1,12 @@
 """TensorRT at run time: the built plans as the loop's UNet and VAE runners (engines/build builds them).
 
-Written against the TensorRT 10 Python API (10.1 or later: `device_memory_size_v2`,
-`set_device_memory`). `tensorrt` is imported only when a plan is built or loaded, so this module
-imports, and its selection logic is tested, on machines without it. The life cycle:
-deserialize each plan (after checking its SHA-256 against the manifest), create one execution
-context per engine on one shared block of device memory (the UNet and the VAE never run at the
-same time), bind torch CUDA tensors by name, and run with `execute_async_v3` on one CUDA stream.
+Written against the TensorRT 11 Python API (and 10.12 or later); every name used is listed, with
+where it was checked, in tests/tensorrt_api.py. `tensorrt` is imported only when a plan is built or
+loaded, so this module imports, and its selection logic is tested, on machines without it. The life
+cycle, as in NVIDIA's demo/Diffusion: deserialize each plan (after checking its SHA-256 against the
+manifest), create one execution context per engine on one shared block of device memory (the UNet
+and the VAE never run at the same time), bind 256-byte aligned torch CUDA tensors by name, and run
+with `execute_async_v3` on one non-default CUDA stream. Every refusal from TensorRT is an EngineError.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ TORCH_DTYPES = {
     "UINT8": torch.uint8,
     "BOOL": torch.bool,
 }
-INSTALL_HINT = "install it on a GPU machine with `pip install '.[gpu]'` (see `make gpu-check`)"
+INSTALL_HINT = "on a GPU machine, `make serve` installs it (constraints/gpu.txt)"
+ALIGNMENT = 256  # bytes: TensorRT requires it of every tensor address (IExecutionContext::setTensorAddress)
 
 
 def tensorrt_version() -> str | None:
@@ -60,6 +62,30 @@ def import_tensorrt() -> Any:
 
 
 # --- running ----------------------------------------------------------------------------------------
+
+
+def aligned_empty(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An uninitialised contiguous tensor whose address is a multiple of ALIGNMENT."""
+    count = 1
+    for side in shape:
+        count *= int(side)
+    element = torch.empty((), dtype=dtype).element_size()
+    storage = torch.empty(count + ALIGNMENT // element, dtype=dtype, device=device)
+    offset = (-storage.data_ptr() % ALIGNMENT) // element
+    return storage[offset : offset + count].view(tuple(shape))
+
+
+def aligned(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` if TensorRT may bind it as it is, else an aligned contiguous copy.
+
+    A view into a larger tensor (the loop's timestep is `scheduler.timesteps[i]`, expanded) can start
+    a few bytes into its storage; TensorRT needs 256-byte aligned addresses.
+    """
+    if tensor.is_contiguous() and tensor.data_ptr() % ALIGNMENT == 0:
+        return tensor
+    copy = aligned_empty(tensor.shape, tensor.dtype, tensor.device)
+    copy.copy_(tensor)
+    return copy
 
 
 class TensorRTRunner:
@@ -84,19 +110,23 @@ class TensorRTRunner:
         stream = self.stream_handle()
         bound = []  # held until the engine is queued: a freed block would be reused by the next copy
         for name, tensor in zip(self.spec.input_names, inputs):
-            value = tensor.to(self.device, self.dtypes[name]).contiguous()
+            value = aligned(tensor.to(self.device, self.dtypes[name]))
             if not self.context.set_input_shape(name, tuple(value.shape)):
                 raise EngineError(f"{self.spec.name}: {name} shaped {tuple(value.shape)} is outside the plan's profile")
-            self.context.set_tensor_address(name, value.data_ptr())
+            self._bind(name, value)
             bound.append(value)
         outputs = []
         for name in self.spec.output_names:
-            output = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name], device=self.device)
-            self.context.set_tensor_address(name, output.data_ptr())
+            output = aligned_empty(tuple(self.context.get_tensor_shape(name)), self.dtypes[name], self.device)
+            self._bind(name, output)
             outputs.append(output)
         if not self.context.execute_async_v3(stream):
             raise EngineError(f"{self.spec.name}: TensorRT execution failed (its log says why)")
         return outputs[0].float()
+
+    def _bind(self, name: str, tensor: torch.Tensor) -> None:
+        if not self.context.set_tensor_address(name, tensor.data_ptr()):
+            raise EngineError(f"{self.spec.name}: TensorRT refused the address of {name} ({tensor.data_ptr():#x})")
 
 
 class LoadedPlans:

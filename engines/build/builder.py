@@ -12,10 +12,11 @@ import contextlib
 import functools
 import gc
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -23,21 +24,21 @@ from engines.backends.openvino_engine import INSTALL_HINT as OPENVINO_INSTALL_HI
 from engines.backends.openvino_engine import openvino_version
 from engines.backends.tensorrt_engine import INSTALL_HINT, tensorrt_version
 from engines.base import BUILD_PRECISIONS, TARGETS, EngineUnavailable
-from engines.build.onnx_export import EXPORT_FORMAT, OPSET, check_onnx, export_modules, export_onnx, model_dims
+from engines.build.onnx_export import EXPORT_FORMAT, OPSET, check_graph_types, check_onnx, export_modules, export_onnx, model_dims
 from engines.build.openvino_export import OPENVINO_FORMAT, check_inputs, check_openvino, convert_to_openvino, torch_output
-from engines.build.tensorrt_plans import build_plan
+from engines.build.tensorrt_plans import PlanBuildError, build_plan
 from engines.core.files import file_sha256, package_version
 from engines.core.hardware import GpuInfo, cpu_features, cuda_gpu
-from engines.core.numerics import tensorrt_vae_precision
-from engines.core.specs import COMPILED_COMPONENTS, UNET, BuildRange, ComponentSpec, ModelDims
+from engines.core.numerics import PRECISION_NAMES, tensorrt_graph
+from engines.core.specs import COMPILED_COMPONENTS, UNET, BuildRange, ComponentSpec
 from engines.manifest import MANIFEST_NAME, Artefact, ArtefactKind, ComponentEntry, Manifest, ManifestError, inputs_key
 from engines.models.components import SDXLComponents
-from engines.models.presets import known_fingerprint
-from engines.models.sources import load_components
+from engines.models.sources import load_components, model_fingerprint
 
 logger = logging.getLogger(__name__)
 
-TIMING_CACHE = "timing.cache"
+# Bump when plans are built differently: it is part of every plan's key. 2: strongly typed, precision read back.
+PLAN_FORMAT = 2
 
 
 class BuildError(Exception):
@@ -133,15 +134,15 @@ class _Model:
     def modules(self) -> dict[str, torch.nn.Module]:
         return export_modules(self.components)
 
-    @property
-    def fingerprint(self) -> str:
-        return known_fingerprint(self.request.model) or self.components.fingerprint
-
     def release(self, component: str) -> None:
         """Drop a component's torch weights once nothing more is made from them (the full UNet is 10 GB)."""
+        if "components" not in self.__dict__:
+            return  # never loaded
         self.__dict__.get("modules", {}).pop(component, None)
         setattr(self.components, "unet" if component == UNET else "vae", None)
         gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 class _Progress:
@@ -161,9 +162,32 @@ class _Progress:
         logger.info("[%d/%d] %s: up to date", self.done, self.total, what)
 
 
+@dataclass
+class _Run:
+    """One build in progress: what it may reuse, where it reports."""
+
+    request: BuildRequest
+    manifest: Manifest
+    previous: Manifest | None  # None with --force: nothing is reused
+    progress: _Progress
+    report: BuildReport
+
+    def artefact(self, component: str, kind: ArtefactKind, key: str, what: str, make: Callable[[], Artefact]) -> Artefact:
+        """The previous artefact when its key matches and its files are intact; else `make()` one."""
+        reused = _reuse(self.previous, self.request.out, component, kind, key)
+        if reused is not None:
+            self.progress.skip(what)
+            self.report.reused.append(reused.path)
+            return reused
+        with self.progress.step(what):
+            made = make()
+        self.report.made.append(made.path)
+        return made
+
+
 def build(request: BuildRequest) -> BuildReport:
     """Export, build and record what is missing or stale; raises BuildError with a one-line reason."""
-    # 1. The machine, the previous build, the model.
+    # 1. The machine, the previous build, the model (its fingerprint is read without loading weights).
     if request.precision not in BUILD_PRECISIONS:
         raise BuildError(f"precision must be one of {', '.join(BUILD_PRECISIONS)}, got {request.precision!r}")
     if request.target not in TARGETS:
@@ -172,7 +196,10 @@ def build(request: BuildRequest) -> BuildReport:
     to_openvino = request.target == "cpu"
     previous = _previous_manifest(request.out)
     model = _Model(request)
-    fingerprint = model.fingerprint
+    try:
+        fingerprint = model_fingerprint(request.model)
+    except EngineUnavailable as exc:
+        raise BuildError(str(exc)) from exc
     same_model = previous is not None and previous.fingerprint == fingerprint and previous.model == request.model
     dims = previous.dims if same_model and previous is not None else model_dims(model.components)
     try:
@@ -180,7 +207,6 @@ def build(request: BuildRequest) -> BuildReport:
     except ValueError as exc:
         raise BuildError(f"{exc} (this model's images must be multiples of {dims.size_multiple})") from exc
 
-    # 2. Each component: its ONNX graph, then its plan.
     manifest = Manifest(
         model=request.model,
         fingerprint=fingerprint,
@@ -190,42 +216,36 @@ def build(request: BuildRequest) -> BuildReport:
         gpu=None if target is None else target.gpu,
         cpu=cpu_features() if to_openvino else None,
     )
-    report = BuildReport(manifest)
-    progress = _Progress(len(COMPILED_COMPONENTS) * (1 if target is None else 2))
-    reusable = None if request.force else previous
+    steps = len(COMPILED_COMPONENTS) if target is None else 2 * len(COMPILED_COMPONENTS) + _typed_graphs(request)
+    run = _Run(request, manifest, None if request.force else previous, _Progress(steps), BuildReport(manifest))
     specs = dims.specs()
+
+    # 2. Everything made from torch: each component's float32 ONNX graph (or OpenVINO IR), and for
+    #    TensorRT the graph in the precision its plan computes in. Each torch component is freed
+    #    once its graphs exist.
     for name in COMPILED_COMPONENTS:
         if to_openvino:
-            ir = _openvino(reusable, request, model, specs[name], dims, manifest, progress, report)
-            manifest.components[name] = ComponentEntry(None, openvino=ir)
-            continue
-        key = inputs_key(
-            {
-                "component": name,
-                "fingerprint": fingerprint,
-                "format": EXPORT_FORMAT,
-                "opset": OPSET,
-                "versions": {k: manifest.versions[k] for k in ("torch", "diffusers", "onnx")},
-            }
-        )
-        onnx = _reuse(reusable, request.out, name, "onnx", key)
-        if onnx is None:
-            with progress.step(f"exporting {name} to ONNX"):
-                onnx = _export(model, specs[name], dims, request, key)
-            report.made.append(onnx.path)
+            manifest.components[name] = ComponentEntry(None, openvino=_openvino(run, model, specs[name]))
         else:
-            progress.skip(f"exporting {name} to ONNX")
-            report.reused.append(onnx.path)
-        plan = None
-        if target is not None:
-            plan = _plan(reusable, request, target, specs[name], onnx, progress, report)
-        manifest.components[name] = ComponentEntry(onnx, plan)
+            onnx = _onnx(run, model, specs[name])
+            typed = _typed_onnx(run, model, specs[name], onnx) if target is not None else None
+            manifest.components[name] = ComponentEntry(onnx, typed_onnx=typed)
+        model.release(name)
 
-    # 3. The manifest, only when something changed (a second run leaves every file as it was).
+    # 3. TensorRT plans, with no torch model left in memory.
+    if target is not None:
+        for name in COMPILED_COMPONENTS:
+            manifest.components[name].plan = _plan(run, target, specs[name], manifest.components[name])
+
+    # 4. The manifest, only when something changed (a second run leaves every file as it was).
     if previous is None or previous.to_json() != manifest.to_json():
         manifest.write(request.out)
-        report.manifest_written = True
-    return report
+        run.report.manifest_written = True
+    return run.report
+
+
+def _typed_graphs(request: BuildRequest) -> int:
+    return sum(tensorrt_graph(name, request.precision)[0] != torch.float32 for name in COMPILED_COMPONENTS)
 
 
 def _previous_manifest(out: Path) -> Manifest | None:
@@ -252,98 +272,116 @@ def _reuse(previous: Manifest | None, out: Path, component: str, kind: ArtefactK
     return artefact
 
 
-def _export(model: _Model, spec: ComponentSpec, dims: ModelDims, request: BuildRequest, key: str) -> Artefact:
-    module = model.modules[spec.name]
-    path = export_onnx(module, spec, dims, request.out / spec.name)
-    check = check_onnx(path, module, spec, dims)
-    logger.info("%s in ONNX Runtime against torch: %s", spec.name, check.describe())
-    if not check.max_rel <= request.tolerance:
-        raise BuildError(f"the exported {spec.name} does not match torch: {check.describe()} (tolerance {request.tolerance:g})")
-    return Artefact(
-        path=str(path.relative_to(request.out)),
-        files=files_with_hashes(path.parent, request.out),
-        key=key,
-        details={"opset": OPSET, "check": check.to_json()},
+def _export_key(run: _Run, component: str, **more: Any) -> str:
+    versions = {k: run.manifest.versions[k] for k in ("torch", "diffusers", "onnx")}
+    return inputs_key(
+        {"component": component, "fingerprint": run.manifest.fingerprint, "format": EXPORT_FORMAT, "opset": OPSET,
+         "versions": versions, **more}
     )
 
 
-def _openvino(
-    previous: Manifest | None,
-    request: BuildRequest,
-    model: _Model,
-    spec: ComponentSpec,
-    dims: ModelDims,
-    manifest: Manifest,
-    progress: _Progress,
-    report: BuildReport,
-) -> Artefact:
+def _graph_artefact(run: _Run, path: Path, key: str, details: dict[str, Any]) -> Artefact:
+    out = run.request.out
+    return Artefact(path=str(path.relative_to(out)), files=files_with_hashes(path.parent, out), key=key, details=details)
+
+
+def _onnx(run: _Run, model: _Model, spec: ComponentSpec) -> Artefact:
+    """The float32 graph, checked against torch in ONNX Runtime."""
+
+    def make() -> Artefact:
+        module = model.modules[spec.name]
+        path = export_onnx(module, spec, run.manifest.dims, run.request.out / spec.name)
+        check = check_onnx(path, module, spec, run.manifest.dims)
+        logger.info("%s in ONNX Runtime against torch: %s", spec.name, check.describe())
+        if not check.max_rel <= run.request.tolerance:
+            raise BuildError(
+                f"the exported {spec.name} does not match torch: {check.describe()} (tolerance {run.request.tolerance:g})"
+            )
+        return _graph_artefact(run, path, key, {"opset": OPSET, "check": check.to_json()})
+
+    key = _export_key(run, spec.name)
+    return run.artefact(spec.name, "onnx", key, f"exporting {spec.name} to ONNX", make)
+
+
+def _typed_onnx(run: _Run, model: _Model, spec: ComponentSpec, onnx: Artefact) -> Artefact | None:
+    """The graph a strongly typed plan computes in, exported from the module cast in place (no
+    second copy of the weights), on the GPU as NVIDIA's demo does; None where the float32 graph is it."""
+    dtype, _ = tensorrt_graph(spec.name, run.request.precision)
+    if dtype == torch.float32:
+        return None
+    precision = PRECISION_NAMES[dtype]
+    typed_spec = spec.in_dtype(dtype)
+
+    def make() -> Artefact:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        module = model.modules[spec.name].to(device, dtype)
+        path = export_onnx(module, typed_spec, run.manifest.dims, run.request.out / f"{spec.name}_{precision}", device)
+        try:
+            types = check_graph_types(path, typed_spec)
+        except ValueError as exc:
+            raise BuildError(f"the {precision} graph of {spec.name} is not what TensorRT should build from: {exc}") from exc
+        return _graph_artefact(run, path, key, {"opset": OPSET, "precision": precision, "types": types})
+
+    key = _export_key(run, spec.name, precision=precision)
+    return run.artefact(spec.name, "typed_onnx", key, f"exporting {spec.name} to ONNX in {precision}", make)
+
+
+def _openvino(run: _Run, model: _Model, spec: ComponentSpec) -> Artefact:
     """Convert one component to OpenVINO IR straight from torch (or reuse an intact earlier one)."""
-    key = inputs_key(
-        {
-            "component": spec.name,
-            "fingerprint": manifest.fingerprint,
-            "format": OPENVINO_FORMAT,
-            "versions": {k: manifest.versions[k] for k in ("torch", "diffusers", "openvino")},
-        }
-    )
-    what = f"converting {spec.name} to OpenVINO IR"
-    reused = _reuse(previous, request.out, spec.name, "openvino", key)
-    if reused is not None:
-        progress.skip(what)
-        report.reused.append(reused.path)
-        return reused
-    with progress.step(what):
+    dims = run.manifest.dims
+
+    def make() -> Artefact:
         samples = check_inputs(spec, dims)
         expected = torch_output(model.modules[spec.name], spec, samples)
-        path = convert_to_openvino(model.modules[spec.name], spec, dims, request.out / f"{spec.name}.openvino")
+        path = convert_to_openvino(model.modules[spec.name], spec, dims, run.request.out / f"{spec.name}.openvino")
         model.release(spec.name)  # before OpenVINO compiles an f32 copy for the check: one copy at a time
         check = check_openvino(path, spec, samples, expected)
-    logger.info("%s in OpenVINO (f32) against torch: %s", spec.name, check.describe())
-    if not check.max_rel <= request.tolerance:
-        raise BuildError(f"the converted {spec.name} does not match torch: {check.describe()} (tolerance {request.tolerance:g})")
-    report.made.append(str(path.relative_to(request.out)))
-    return Artefact(
-        path=str(path.relative_to(request.out)),
-        files=files_with_hashes(path.parent, request.out),
-        key=key,
-        details={"weights": "fp16", "check": check.to_json()},
-    )
+        logger.info("%s in OpenVINO (f32) against torch: %s", spec.name, check.describe())
+        if not check.max_rel <= run.request.tolerance:
+            raise BuildError(
+                f"the converted {spec.name} does not match torch: {check.describe()} (tolerance {run.request.tolerance:g})"
+            )
+        return _graph_artefact(run, path, key, {"weights": "fp16", "check": check.to_json()})
+
+    versions = {k: run.manifest.versions[k] for k in ("torch", "diffusers", "openvino")}
+    key = inputs_key({"component": spec.name, "fingerprint": run.manifest.fingerprint, "format": OPENVINO_FORMAT, "versions": versions})
+    return run.artefact(spec.name, "openvino", key, f"converting {spec.name} to OpenVINO IR", make)
 
 
-def _plan(
-    previous: Manifest | None,
-    request: BuildRequest,
-    target: _Target,
-    spec: ComponentSpec,
-    onnx: Artefact,
-    progress: _Progress,
-    report: BuildReport,
-) -> Artefact:
-    precision = request.precision if spec.name == UNET else tensorrt_vae_precision(target.gpu.compute_capability)
+def timing_cache_name(target: _Target) -> str:
+    """Timings hold only for one GPU model and one TensorRT: one cache file per pair."""
+    gpu = re.sub(r"[^a-z0-9]+", "-", target.gpu.name.lower()).strip("-")
+    return f"timing-{gpu}-sm{target.gpu.compute_capability.replace('.', '')}-trt{target.tensorrt}.cache"
+
+
+def _plan(run: _Run, target: _Target, spec: ComponentSpec, entry: ComponentEntry) -> Artefact:
+    """A strongly typed plan from the component's typed graph (else its float32 one); its precision is read back."""
+    request = run.request
+    graph = entry.typed_onnx or entry.onnx
+    assert graph is not None  # the graphs were made in step 2
+    _, tf32 = tensorrt_graph(spec.name, request.precision)
     profile = spec.profile(request.build_range)
-    details = {
-        "precision": precision,
+    settings = {
+        "format": PLAN_FORMAT,
+        "graph": graph.path,
+        "tf32": tf32,
         "profile": {name: [list(shape) for shape in shapes] for name, shapes in profile.items()},
         "optimization_level": request.optimization_level,
     }
     key = inputs_key(
-        {"onnx": onnx.files, "tensorrt": target.tensorrt, "gpu": [target.gpu.name, target.gpu.compute_capability], **details}
+        {"graph_files": graph.files, "tensorrt": target.tensorrt, "gpu": [target.gpu.name, target.gpu.compute_capability], **settings}
     )
-    what = f"building the {precision} TensorRT plan for {spec.name}"
-    reused = _reuse(previous, request.out, spec.name, "plan", key)
-    if reused is not None:
-        progress.skip(what)
-        report.reused.append(reused.path)
-        return reused
     plan_name = f"{spec.name}.plan"
-    with progress.step(what):
-        build_plan(
-            request.out / onnx.path,
-            request.out / plan_name,
-            profile,
-            precision,
-            request.out / TIMING_CACHE,
-            request.optimization_level,
-        )
-    report.made.append(plan_name)
-    return Artefact(plan_name, {plan_name: file_sha256(request.out / plan_name)}, key, details)
+
+    def make() -> Artefact:
+        out = request.out
+        try:
+            facts = build_plan(out / graph.path, out / plan_name, profile, out / timing_cache_name(target), request.optimization_level, tf32)
+        except (PlanBuildError, EngineUnavailable) as exc:
+            raise BuildError(str(exc)) from exc
+        precision = facts.precision(spec.input_names[0])
+        logger.info("%s: TensorRT reports %s I/O, layer outputs %s", plan_name, precision, facts.layer_dtypes or "not reported")
+        details = {**settings, "precision": precision, **facts.to_json()}
+        return Artefact(plan_name, {plan_name: file_sha256(out / plan_name)}, key, details)
+
+    return run.artefact(spec.name, "plan", key, f"building the TensorRT plan for {spec.name} from {graph.path}", make)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections import Counter
 import warnings
 from pathlib import Path
 
@@ -41,8 +42,11 @@ def model_dims(components: SDXLComponents) -> ModelDims:
     return ModelDims.from_unet_config(components.unet.config)
 
 
-def export_onnx(module: torch.nn.Module, spec: ComponentSpec, dims: ModelDims, directory: Path) -> Path:
-    """Export `module` to `directory`/model.onnx (plus model.onnx.data past 2 GB); returns the graph's path.
+def export_onnx(
+    module: torch.nn.Module, spec: ComponentSpec, dims: ModelDims, directory: Path, device: str = "cpu"
+) -> Path:
+    """Export `module` (in the spec's dtypes, on `device`) to `directory`/model.onnx (plus
+    model.onnx.data past 2 GB); returns the graph's path.
 
     Writes into a staging directory first: an interrupted export leaves the old files or none.
     """
@@ -50,7 +54,7 @@ def export_onnx(module: torch.nn.Module, spec: ComponentSpec, dims: ModelDims, d
         traced = Path(traced_dir)
         width, height = trace_size(dims)
         # Batch 2: a batch of 1 lets the tracer fold batch-sized broadcasts into constants.
-        samples = spec.sample_inputs(batch=2, width=width, height=height)
+        samples = {name: t.to(device) for name, t in spec.sample_inputs(batch=2, width=width, height=height).items()}
         with torch.no_grad(), warnings.catch_warnings():
             # diffusers branches on shapes in Python (TracerWarning); the legacy exporter says it is
             # legacy (DeprecationWarning). The first is why specs.ModelDims.size_multiple exists;
@@ -101,3 +105,35 @@ def check_onnx(path: Path, module: torch.nn.Module, spec: ComponentSpec, dims: M
     session = onnxruntime_session(path)
     actual = session.run(spec.output_names[:1], {name: t.numpy() for name, t in samples.items()})[0]
     return compare(actual, expected)
+
+
+ONNX_TYPES = {torch.float32: "FLOAT", torch.float16: "FLOAT16", torch.bfloat16: "BFLOAT16"}
+
+
+def check_graph_types(path: Path, spec: ComponentSpec) -> dict[str, int]:
+    """Refuse a graph whose inputs and outputs are not in the spec's dtypes, or whose weights are not
+    almost all in its main one (a strongly typed plan computes in exactly what the graph says; a few
+    small fp32 constants, such as the timestep embedding's frequencies, are expected).
+
+    Returns {weight type: bytes}.
+    """
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    name_of = onnx.TensorProto.DataType.Name
+    declared = {v.name: name_of(v.type.tensor_type.elem_type) for v in [*model.graph.input, *model.graph.output]}
+    wanted = {t.name: ONNX_TYPES.get(t.dtype, str(t.dtype)) for t in spec.tensors()}
+    problems = [f"{name} is {declared.get(name)}, not {want}" for name, want in wanted.items() if declared.get(name) != want]
+    weight_bytes: Counter[str] = Counter()
+    for weight in model.graph.initializer:
+        count = 1
+        for side in weight.dims:
+            count *= side
+        weight_bytes[name_of(weight.data_type)] += count * onnx.helper.tensor_dtype_to_np_dtype(weight.data_type).itemsize
+    main = ONNX_TYPES[spec.inputs[0].dtype]
+    floats = sum(weight_bytes[t] for t in ONNX_TYPES.values())
+    if floats and weight_bytes[main] < 0.99 * floats:
+        problems.append(f"only {weight_bytes[main] / floats:.1%} of the float weights are {main}")
+    if problems:
+        raise ValueError(f"{path}: " + "; ".join(problems))
+    return dict(weight_bytes)

@@ -13,6 +13,7 @@ import torch
 
 from engines.base import EngineUnavailable
 from engines.core.hardware import cpu_has_bf16
+from engines.core.specs import UNET
 
 PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 TORCH_DTYPES = {name: dtype for dtype, name in PRECISION_NAMES.items()}
@@ -110,10 +111,17 @@ def openvino_name(precision: str, tiny_vae: bool = False) -> str:
 # --- TensorRT ----------------------------------------------------------------------------------------
 
 
-def tensorrt_vae_precision(compute_capability: str) -> str:
-    """The SDXL VAE overflows in fp16: bf16 where the GPU has it (Ampere, compute capability 8.0, and later), else fp32."""
-    return "bf16" if int(compute_capability.split(".")[0]) >= 8 else "fp32"
+def tensorrt_graph(component: str, unet_precision: str = "fp16") -> tuple[torch.dtype, bool]:
+    """The dtype of the graph a strongly typed plan is built from, and whether TF32 is allowed.
+
+    As NVIDIA's SDXL demo builds them: the UNet in the precision asked for (fp16 by default); the
+    SDXL VAE overflows in fp16 (black or NaN images), so it stays an fp32 graph with TF32 allowed.
+    """
+    if component == UNET:
+        return TORCH_DTYPES[unet_precision], False
+    return torch.float32, True
 
 
 def tensorrt_name(unet_precision: str, vae_precision: str) -> str:
+    """From the precisions read back from the built plans (e.g. fp16 and tf32), not from what was asked."""
     return engine_name("tensorrt", unet_precision, vae_precision=vae_precision)

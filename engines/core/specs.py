@@ -7,7 +7,7 @@ fills in: the batch, the image's height and width, and the latent's (the image's
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterator, Mapping
 
 import torch
@@ -158,6 +158,14 @@ class ComponentSpec:
         yield from self.inputs
         yield from self.outputs
 
+    def in_dtype(self, dtype: torch.dtype) -> ComponentSpec:
+        """The same component with every float32 tensor in `dtype`: the graph a strongly typed plan is built from."""
+
+        def typed(tensors: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
+            return tuple(replace(t, dtype=dtype) if t.dtype == torch.float32 else t for t in tensors)
+
+        return replace(self, inputs=typed(self.inputs), outputs=typed(self.outputs))
+
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         """{tensor: {axis: symbol}} for every symbolic axis (torch.onnx.export's form)."""
         return {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)} for t in self.tensors()}
@@ -184,7 +192,7 @@ class ComponentSpec:
         return {name: (corners[0][name], corners[1][name], corners[2][name]) for name in self.input_names}
 
     def sample_inputs(self, batch: int, width: int, height: int, seed: int = 0) -> dict[str, torch.Tensor]:
-        """Plausible float32 inputs on the CPU: export traces them and numerical checks compare on them."""
+        """Plausible inputs (in the spec's dtypes) on the CPU: export traces them and numerical checks compare on them."""
         generator = torch.Generator("cpu").manual_seed(seed)
         shapes = self.shapes(batch, width, height)
         samples = {}

@@ -24,6 +24,7 @@ from engines.models.presets import (
     build_tiny_autoencoder,
     default_presets_dir,
     ensure_tiny_directory,
+    known_fingerprint,
     tiny_fingerprint,
 )
 
@@ -59,22 +60,37 @@ def _load_components(model: str, dtype: torch.dtype, presets_dir: Path | None, p
         return load_components_from_directory(directory, dtype, tiny_fingerprint(), parts)
     if Path(model).is_dir():
         return load_components_from_directory(Path(model), dtype, None, parts)
-    if Path(model).exists() or model.startswith((".", "/")):
-        raise EngineUnavailable(f"model: {model!r} is not a directory holding a diffusers pipeline")
+    _refuse_a_path(model)
     directory, fingerprint = download_from_hub(model)
     return load_components_from_directory(directory, dtype, fingerprint, parts)
 
+
+def model_fingerprint(model: str) -> str:
+    """The fingerprint `load_components` reports, without loading any weights (a hub model fetches
+    only model_index.json to learn its revision)."""
+    known = known_fingerprint(model)
+    if known is not None:
+        return known
+    if Path(model).is_dir():
+        return hash_directory(Path(model))
+    _refuse_a_path(model)
+    return download_from_hub(model, ["model_index.json"])[1]
+
+
+def _refuse_a_path(model: str) -> None:
+    if Path(model).exists() or model.startswith((".", "/")):
+        raise EngineUnavailable(f"model: {model!r} is not a directory holding a diffusers pipeline")
 
 
 # --- files: hub snapshots and local directories ------------------------------------------------
 
 
-def download_from_hub(repo_id: str) -> tuple[Path, str]:
+def download_from_hub(repo_id: str, allow_patterns: list[str] = HUB_ALLOW_PATTERNS) -> tuple[Path, str]:
     """Fetch (or find in the local Hugging Face cache) a pipeline; returns its directory and revision."""
     from huggingface_hub import snapshot_download
 
     try:
-        path = Path(snapshot_download(repo_id, allow_patterns=HUB_ALLOW_PATTERNS))
+        path = Path(snapshot_download(repo_id, allow_patterns=allow_patterns))
     except Exception as exc:  # network, auth, missing repo: all end the start-up the same way
         raise EngineUnavailable(
             f"model: could not fetch {repo_id!r} from the Hugging Face hub ({exc.__class__.__name__}: {exc}). "

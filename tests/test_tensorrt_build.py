@@ -1,0 +1,147 @@
+"""The GPU build path end to end on the CPU: the real export and manifest code, TensorRT 11's stand-in,
+a GPU faked at the probe. What it proves: the UNet plan is built from an fp16 graph (precision lives
+in the graph, read back from the plan, never a builder flag), the VAE from fp32 with TF32, the torch
+model is gone before TensorRT builds, and every TensorRT failure is one line."""
+
+from __future__ import annotations
+
+import gc
+import sys
+from pathlib import Path
+
+import pytest
+
+import build_engines
+from engines import select
+from engines.build import builder
+from engines.build.builder import BuildError, BuildRequest, build
+from engines.core.hardware import GpuInfo
+from engines.core.specs import UNET, VAE_DECODER, BuildRange
+from engines.manifest import Manifest, ManifestError
+from engines.models import sources
+from tests import fake_tensorrt
+
+GPU = GpuInfo("NVIDIA H200", "9.0")
+RANGE = BuildRange.for_sizes(((512, 512), (768, 512)), 1, 2)
+
+
+@pytest.fixture
+def trt(monkeypatch):
+    module = fake_tensorrt.make_module()
+    monkeypatch.setitem(sys.modules, "tensorrt", module)
+    monkeypatch.setattr(builder, "cuda_gpu", lambda: GPU)
+    return module
+
+
+@pytest.fixture
+def built(trt, tmp_path: Path, presets_dir: Path, monkeypatch) -> tuple[Path, builder.BuildReport]:
+    """One tiny build for a faked H200; records which torch UNets were alive when each plan was built."""
+    alive: list[int] = []
+    real_build_plan = builder.build_plan
+
+    def counting_build_plan(*args, **kwargs):
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+
+        gc.collect()
+        alive.append(sum(type(o) in (UNet2DConditionModel, AutoencoderKL) for o in gc.get_objects()))
+        return real_build_plan(*args, **kwargs)
+
+    monkeypatch.setattr(builder, "build_plan", counting_build_plan)
+    out = tmp_path / "engines"
+    report = build(BuildRequest(model="tiny", out=out, build_range=RANGE, presets_dir=presets_dir))
+    report.torch_models_alive_at_plans = alive  # type: ignore[attr-defined]
+    return out, report
+
+
+def test_the_unet_plan_computes_in_fp16_read_back_from_the_plan(built, trt) -> None:
+    out, _ = built
+    unet = Manifest.read(out).components[UNET]
+    assert unet.onnx.path == "unet/model.onnx"  # the fp32 graph stays, for ONNX Runtime and the checks
+    assert unet.typed_onnx.path == "unet_fp16/model.onnx"
+    assert unet.typed_onnx.details["types"]["FLOAT16"] > 0
+    assert unet.plan.details["graph"] == "unet_fp16/model.onnx"
+    assert unet.plan.details["precision"] == "fp16"
+    assert unet.plan.details["io_dtypes"] == {
+        "sample": "HALF", "timestep": "HALF", "encoder_hidden_states": "HALF", "text_embeds": "HALF",
+        "time_ids": "HALF", "noise_pred": "HALF",
+    }
+    assert unet.plan.details["layer_dtypes"] == {"HALF": 2}
+    assert fake_tensorrt.plan_path_io(out / "unet.plan")["sample"] == ("HALF", "INPUT")
+    assert "FP16" not in trt.options.calls["flags"] and "BF16" not in trt.options.calls["flags"]
+
+
+def test_the_vae_plan_stays_fp32_with_tf32(built, trt) -> None:
+    out, _ = built
+    vae = Manifest.read(out).components[VAE_DECODER]
+    assert vae.typed_onnx is None
+    assert vae.plan.details["graph"] == "vae_decoder/model.onnx"
+    assert vae.plan.details["precision"] == "tf32"
+    assert vae.plan.details["io_dtypes"] == {"latents": "FLOAT", "images": "FLOAT"}
+    assert trt.options.calls["flags"] == ["TF32"]  # set once, for the VAE
+
+
+def test_the_torch_model_is_freed_before_tensorrt_builds(built) -> None:
+    _, report = built
+    assert report.torch_models_alive_at_plans == [0, 0]
+
+
+def test_the_timing_cache_is_keyed_by_gpu_and_tensorrt(built) -> None:
+    out, _ = built
+    assert (out / f"timing-nvidia-h200-sm90-trt{fake_tensorrt.VERSION}.cache").is_file()
+
+
+def test_the_service_picks_and_names_the_plans_from_their_read_back_precision(built, monkeypatch, presets_dir) -> None:
+    out, _ = built
+    monkeypatch.setattr(select, "probe_gpu", lambda: GPU)
+    monkeypatch.setattr(select, "probe_tensorrt", lambda: fake_tensorrt.VERSION)
+    engine = select.select_engine(select.EngineRequest("auto", "tiny", out, presets_dir=presets_dir))
+    assert engine.info.name == "tensorrt-fp16-vae-tf32"
+    assert engine.info.selection_reason.startswith("auto: the TensorRT plans")
+    assert engine.limits.sizes == ((512, 512), (768, 512))
+
+
+def test_a_second_build_loads_no_weights_and_makes_nothing(built, presets_dir, monkeypatch) -> None:
+    out, _ = built
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a build with nothing to do loaded the model")
+
+    monkeypatch.setattr(builder, "load_components", no_loading)
+    report = build(BuildRequest(model="tiny", out=out, build_range=RANGE, presets_dir=presets_dir))
+    assert report.made == [] and not report.manifest_written
+    assert len(report.reused) == 5  # two fp32 graphs, the fp16 UNet graph, two plans
+
+
+def test_plans_without_a_read_back_precision_are_refused(built) -> None:
+    out, _ = built
+    manifest = Manifest.read(out)
+    del manifest.components[UNET].plan.details["io_dtypes"]
+    with pytest.raises(ManifestError, match="record no precision read back .* rebuild on this machine"):
+        manifest.check_tensorrt(out, GPU, fake_tensorrt.VERSION)
+
+
+def test_a_tensorrt_failure_is_one_line_from_build_engines(trt, tmp_path, presets_dir, capsys) -> None:
+    trt.options.raises_in_build = RuntimeError("[TRT] [E] IBuilder::buildSerializedNetwork: Error Code 4:\n internal")
+    code = build_engines.main(["--model", "tiny", "--out", str(tmp_path / "e"), "--presets-dir", str(presets_dir)])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code != 0
+    assert error[-1].startswith("error: TensorRT failed building unet.plan: RuntimeError: [TRT] [E] IBuilder::")
+    assert not any("Traceback" in line for line in error)
+
+
+def test_a_build_error_names_the_failing_plan(trt, tmp_path, presets_dir) -> None:
+    trt.options.builds = False
+    with pytest.raises(BuildError, match="could not build unet.plan"):
+        build(BuildRequest(model="tiny", out=tmp_path / "e", build_range=RANGE, presets_dir=presets_dir))
+
+
+def test_a_hub_models_fingerprint_reads_no_weights(monkeypatch) -> None:
+    asked = []
+
+    def fake_download(repo_id, allow_patterns=sources.HUB_ALLOW_PATTERNS):
+        asked.append(list(allow_patterns))
+        return Path("/nonexistent"), f"hf:{repo_id}@0123abc"
+
+    monkeypatch.setattr(sources, "download_from_hub", fake_download)
+    assert sources.model_fingerprint("stabilityai/sdxl-turbo") == "hf:stabilityai/sdxl-turbo@0123abc"
+    assert asked == [["model_index.json"]]
