@@ -60,12 +60,12 @@ def run_precision_job(job: PrecisionJob) -> dict[str, Any]:
     components = load_components(job.model, numerics.dtype, job.presets_dir)
     result: dict[str, Any] = {
         "precision": job.precision,
-        "numerics": numerics.label,
+        "numerics": numerics.name(),
         "model_fingerprint": components.fingerprint,
         "load_seconds": time.perf_counter() - start,
         "errors": {},
     }
-    logger.info("loaded %s in %s in %.1f s", job.model, numerics.label, result["load_seconds"])
+    logger.info("loaded %s in %s in %.1f s", job.model, numerics.name(), result["load_seconds"])
 
     def section(name: str, run: Callable[[], Any]) -> None:
         try:
