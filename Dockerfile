@@ -7,13 +7,17 @@
 # Layers are ordered by how often they change: OS and Python, then torch, then the other
 # dependencies (from pyproject.toml only), then the code. A code change rebuilds only the last.
 
-# The CUDA base only has to agree with the CUDA major of the torch wheel (TORCH_INDEX_URL),
-# onnxruntime-gpu and TensorRT: all three are CUDA 12 builds here.
-ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+# One CUDA major (13) throughout: the base image, torch, TensorRT and onnxruntime-gpu, all pinned in
+# constraints/gpu.txt. The host needs NVIDIA driver 580 or newer (CUDA 13.x; the label below says so,
+# and the base image's NVIDIA_REQUIRE_CUDA makes the NVIDIA Container Toolkit refuse an older one).
+# Ubuntu 24.04 brings Python 3.12.
+ARG CUDA_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---- GPU: Python on the CUDA runtime --------------------------------------------------------
 FROM ${CUDA_IMAGE} AS gpu-python
+LABEL org.sdxl-turbo.nvidia-driver.minimum="580" \
+      org.sdxl-turbo.cuda.major="13"
 ARG DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
@@ -22,17 +26,18 @@ RUN apt-get update \
 ENV PATH=/opt/venv/bin:$PATH
 
 FROM gpu-python AS gpu-deps
-# A CUDA build of torch from the PyTorch index, pinned to the version CPU installs use.
-ARG TORCH_VERSION=2.13.0
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+# TensorRT's libraries are on NVIDIA's index (PyPI has only a stub that fetches them from there).
+ARG NVIDIA_INDEX_URL=https://pypi.nvidia.com
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY constraints/gpu.txt /tmp/build/constraints/gpu.txt
+# torch from PyPI: its default Linux wheel of the pinned version is a CUDA 13.0 build.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+    pip install -c /tmp/build/constraints/gpu.txt torch
 COPY pyproject.toml docker/requirements.py /tmp/build/
-# The project's dependencies with its gpu extra (onnxruntime-gpu, TensorRT); torch stays pinned.
+# The project's dependencies with its gpu extra (onnxruntime-gpu, TensorRT), all through the constraints.
 RUN --mount=type=cache,target=/root/.cache/pip \
     python /tmp/build/requirements.py /tmp/build/pyproject.toml gpu > /tmp/build/requirements.txt \
-    && pip install -r /tmp/build/requirements.txt "torch==${TORCH_VERSION}"
+    && pip install -c /tmp/build/constraints/gpu.txt --extra-index-url "${NVIDIA_INDEX_URL}" -r /tmp/build/requirements.txt
 
 # ---- CPU: the same install as `make install`, without the test and bench extras -------------
 FROM ${PYTHON_IMAGE} AS cpu-python

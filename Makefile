@@ -1,4 +1,7 @@
 # Two commands do all set-up on a fresh machine: `make serve` and `make test`.
+# On a CPU machine they use .venv (CPU torch, ONNX Runtime, OpenVINO). On a machine with an NVIDIA
+# GPU they use .venv-gpu (CUDA 13 torch, TensorRT, onnxruntime-gpu), and `make serve` builds
+# TensorRT engines for this GPU first. `make serve GPU=` takes the CPU path on a GPU machine.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -6,13 +9,17 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-cpu
 MODEL ?= stabilityai/sdxl-turbo
 ENGINE ?= auto
+ENGINE_DIR ?= build/engines
 HOST ?= 127.0.0.1
 PORT ?= 5000
 PYTEST_ARGS ?=
 
-.PHONY: install serve test bench bench-quick engines gpu-check clean
+# 1 when this machine has an NVIDIA GPU (nvidia-smi lists one), else empty.
+GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-install: $(STAMP)
+.PHONY: install serve test bench bench-quick engines gpu-install driver-check gpu-check gpu-check-torch gpu-wheels clean
+
+# ---- the CPU environment ----------------------------------------------------------------------
 
 # CPU install: torch pinned to the CPU build (constraints/cpu.txt) so no CUDA wheel is ever pulled in.
 $(STAMP): pyproject.toml constraints/cpu.txt
@@ -22,11 +29,60 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PIP) install --quiet -c constraints/cpu.txt -e '.[onnx,openvino,test,bench]'
 	touch $@
 
+install: $(STAMP)
+
+# ---- the GPU environment ----------------------------------------------------------------------
+# A separate environment with the gpu extra, pinned by constraints/gpu.txt to one CUDA major (13):
+# torch 2.13.0 from PyPI (a CUDA 13.0 build), TensorRT 11 (its libraries from NVIDIA's index, hence
+# --extra-index-url), onnxruntime-gpu. Never the CPU venv: onnxruntime and onnxruntime-gpu ship the
+# same module and break each other.
+VENV_GPU := .venv-gpu
+PY_GPU := $(VENV_GPU)/bin/python
+GPU_STAMP := $(VENV_GPU)/.installed-gpu
+NVIDIA_INDEX ?= https://pypi.nvidia.com
+
+# CUDA 13 needs NVIDIA driver 580+: one line and stop when it is older (standard library only, so
+# it runs before anything is installed). Says nothing on a machine without an NVIDIA driver.
+driver-check:
+	@$(PYTHON) -m engines.core.driver
+
+$(GPU_STAMP): pyproject.toml constraints/gpu.txt | driver-check
+	$(PYTHON) -m venv $(VENV_GPU)
+	$(PY_GPU) -m pip install --quiet --upgrade pip
+	$(PY_GPU) -m pip install --quiet -c constraints/gpu.txt --extra-index-url $(NVIDIA_INDEX) -e '.[gpu,test]'
+	touch $@
+
+gpu-install: driver-check $(GPU_STAMP)
+
+# ---- serve, test, engines ---------------------------------------------------------------------
+
+ifeq ($(GPU),1)
+# TensorRT engines for this GPU, built once (minutes; build_engines.py logs its progress, and does
+# nothing when the manifest in ENGINE_DIR already matches this GPU, TensorRT and model).
+# ENGINE=torch (or onnxruntime) serves without them.
+serve: gpu-install
+ifneq ($(filter auto tensorrt,$(ENGINE)),)
+	$(PY_GPU) build_engines.py --model $(MODEL) --out $(ENGINE_DIR)
+endif
+	SDXL_MODEL=$(MODEL) SDXL_ENGINE=$(ENGINE) SDXL_ENGINE_DIR=$(ENGINE_DIR) SDXL_HOST=$(HOST) SDXL_PORT=$(PORT) $(PY_GPU) -m service
+
+# The CPU suite, then the gpu tier in the GPU environment.
+test: install gpu-install
+	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY_GPU) -m pytest -m gpu $(PYTEST_ARGS)
+
+engines: gpu-install
+	$(PY_GPU) build_engines.py --model $(MODEL) --out $(ENGINE_DIR)
+else
 serve: install
 	SDXL_MODEL=$(MODEL) SDXL_ENGINE=$(ENGINE) SDXL_HOST=$(HOST) SDXL_PORT=$(PORT) $(PY) -m service
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+engines: install
+	$(PY) build_engines.py --model $(MODEL) --out $(ENGINE_DIR)
+endif
 
 # The CPU path as users get it: OpenVINO IR for sdxl-random (built once, ~7 min, 21 GB peak; a
 # second run does nothing), the whole suite against the diffusers baseline, then the tiny VAE over HTTP.
@@ -39,27 +95,49 @@ bench: install
 bench-quick: install
 	$(PY) -m benchmarks --quick
 
-engines: install
-	$(PY) build_engines.py --model $(MODEL) --out build/engines
+# ---- GPU checks -------------------------------------------------------------------------------
 
-# On a GPU machine: a separate environment with the gpu extra (torch with CUDA, onnxruntime-gpu,
-# TensorRT from NVIDIA's index). Never the CPU venv: onnxruntime and onnxruntime-gpu ship the same
-# module and break each other. The gpu tests build TensorRT plans for the tiny model, compare them
-# with torch, start the service on them and make an image.
-VENV_GPU := .venv-gpu
-GPU_STAMP := $(VENV_GPU)/.installed-gpu
-NVIDIA_INDEX ?= https://pypi.nvidia.com
+# The whole gpu tier (TensorRT included): builds plans for the tiny model, compares them with
+# torch, starts the service on them and makes an image. The first line fails here, not in a row
+# of skipped tests, when torch sees no GPU.
+gpu-check: gpu-install
+	$(PY_GPU) -c "import sys, torch, tensorrt; ok = torch.cuda.is_available(); print('torch', torch.__version__, 'TensorRT', tensorrt.__version__, 'GPU', torch.cuda.get_device_name(0) if ok else None); sys.exit(0 if ok else 'torch sees no CUDA GPU')"
+	$(PY_GPU) -m pytest -m gpu -v -s -p no:cacheprovider $(PYTEST_ARGS)
 
-$(GPU_STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV_GPU)
-	$(VENV_GPU)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV_GPU)/bin/python -m pip install --quiet --extra-index-url $(NVIDIA_INDEX) -e '.[gpu,test]'
+# PyTorch on CUDA alone, for a bare GPU machine without network that already has Python 3.12 and
+# a CUDA build of torch: the project's other dependencies come from the wheels in .whl/ (made by
+# `make gpu-wheels` on a machine with network), installed with --no-deps into a directory of their
+# own, never torch. Copy the repository with its .whl/ there, then `make gpu-check-torch`.
+WHEELS := .whl
+GPU_TORCH_SITE := build/gpu-torch-site
+
+$(WHEELS)/requirements.txt:
+	@echo "no $@: run 'make gpu-wheels' on a machine with network, then copy $(WHEELS)/ here" >&2; exit 1
+
+$(GPU_TORCH_SITE)/.installed: $(WHEELS)/requirements.txt
+	$(PYTHON) -m pip install --quiet --no-index --find-links $(WHEELS) --no-deps --target $(GPU_TORCH_SITE) -r $(WHEELS)/requirements.txt
 	touch $@
 
-# The first line fails here, not in a row of skipped tests, when the machine cannot run TensorRT.
-gpu-check: $(GPU_STAMP)
-	$(VENV_GPU)/bin/python -c "import sys, torch, tensorrt; ok = torch.cuda.is_available(); print('torch', torch.__version__, 'TensorRT', tensorrt.__version__, 'GPU', torch.cuda.get_device_name(0) if ok else None); sys.exit(0 if ok else 'no CUDA GPU visible')"
-	$(VENV_GPU)/bin/python -m pytest -m gpu -v -s -p no:cacheprovider tests/test_tensorrt_gpu.py
+gpu-check-torch: driver-check $(GPU_TORCH_SITE)/.installed
+	PYTHONPATH=$(CURDIR):$(CURDIR)/$(GPU_TORCH_SITE) $(PYTHON) -m pytest -m gpu -v -p no:cacheprovider tests/test_torch_cuda.py
+
+# On a machine with network: the wheels gpu-check-torch needs, for CPython 3.12 on manylinux x86_64.
+# pip resolves the project's dependencies and its test extra against constraints/gpu.txt without
+# downloading anything (--dry-run --report), then downloads what it chose except torch and its CUDA
+# libraries (torch, triton, nvidia-*, cuda-*), which the GPU machine has.
+# pip takes --platform literally (no older glibc implied): each manylinux tag up to 2_28 is named.
+WHEEL_PLATFORM := --only-binary=:all: --python-version 3.12 \
+    $(foreach glibc,$(shell seq 28 -1 5),--platform manylinux_2_$(glibc)_x86_64) \
+    $(foreach legacy,manylinux2014 manylinux2010 manylinux1,--platform $(legacy)_x86_64)
+gpu-wheels:
+	mkdir -p $(WHEELS)
+	$(PYTHON) docker/requirements.py pyproject.toml test > $(WHEELS)/wanted.txt
+	$(PYTHON) -m pip install --quiet --dry-run --ignore-installed $(WHEEL_PLATFORM) --target $(WHEELS)/.dry-run \
+	    -c constraints/gpu.txt -r $(WHEELS)/wanted.txt --report $(WHEELS)/resolution.json
+	$(PYTHON) -c 'import json, sys; chosen = [(i["metadata"]["name"].lower().replace("_", "-"), i["metadata"]["version"]) for i in json.load(open(sys.argv[1]))["install"]]; print("\n".join(f"{n}=={v}" for n, v in chosen if n not in ("torch", "triton") and not n.startswith(("nvidia-", "cuda-"))))' \
+	    $(WHEELS)/resolution.json > $(WHEELS)/requirements.txt
+	$(PYTHON) -m pip download --quiet --no-deps $(WHEEL_PLATFORM) -d $(WHEELS) -r $(WHEELS)/requirements.txt
+	@echo "$(WHEELS)/: $$(ls $(WHEELS)/*.whl | wc -l) wheels, $$(du -sh $(WHEELS) | cut -f1)"
 
 clean:
 	rm -rf $(VENV) $(VENV_GPU) build .pytest_cache

@@ -30,6 +30,15 @@ has_flag() {
     return 1
 }
 
+# Where the NVIDIA runtime gave the container a GPU (nvidia-smi is mounted with it): one line and a
+# non-zero exit when the host driver is too old for the image's CUDA 13 (580+), instead of torch
+# later saying only that it sees no GPU.
+check_driver() {
+    if command -v nvidia-smi >/dev/null 2>&1; then
+        python -m engines.core.driver
+    fi
+}
+
 job=${1:-serve}
 if [ $# -gt 0 ]; then
     shift
@@ -37,6 +46,7 @@ fi
 
 case $job in
     serve)
+        check_driver
         exec python -m service "$@"
         ;;
     build-engines)
@@ -47,6 +57,7 @@ case $job in
         if [ -n "${SDXL_MODEL:-}" ] && ! has_flag --model "$@"; then
             set -- --model "$SDXL_MODEL" "$@"
         fi
+        check_driver
         exec python -m build_engines "$@"
         ;;
     healthcheck)
@@ -68,6 +79,7 @@ except OSError as exc:
         usage
         ;;
     -*)
+        check_driver
         exec python -m service "$job" "$@"
         ;;
     *)

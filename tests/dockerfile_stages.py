@@ -55,12 +55,24 @@ class Dockerfile:
 
     def env(self, name: str) -> dict[str, str]:
         """ENV as the target's containers see it (later values win; no $VAR expansion)."""
+        return self._pairs(name, "ENV")
+
+    def labels(self, name: str) -> dict[str, str]:
+        """LABELs the target's image carries, its parents' included (later values win)."""
+        return self._pairs(name, "LABEL")
+
+    def _pairs(self, name: str, instruction: str) -> dict[str, str]:
         values: dict[str, str] = {}
-        for instruction in self.inherited(name, "ENV"):
-            for pair in shlex.split(instruction.value):
+        for found in self.inherited(name, instruction):
+            for pair in shlex.split(found.value):
                 key, _, value = pair.partition("=")
                 values[key] = value
         return values
+
+    def pip_installs(self, name: str) -> list[list[str]]:
+        """Every `pip install ...` command the target and its parents RUN, as word lists."""
+        commands = [c for i in self.inherited(name, "RUN") for c in run_commands(i.value)]
+        return [c for c in commands if c[:2] == ["pip", "install"] or c[1:4] == ["-m", "pip", "install"]]
 
 
 def read_dockerfile(path: Path = DOCKERFILE) -> Dockerfile:

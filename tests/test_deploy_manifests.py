@@ -141,6 +141,15 @@ def test_init_container_builds_engines_where_serve_reads_them(
         assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
 
 
+def test_pod_runs_on_the_nvidia_runtime_with_one_gpu_per_container(kubernetes: dict[str, list[dict[str, Any]]]) -> None:
+    spec = pod_spec(kubernetes)
+    assert spec["runtimeClassName"] == "nvidia"
+    for c in (container(spec, "initContainers", "build-engines"), container(spec, "containers", "serve")):
+        # Extended resources go in limits (a request, if any, must equal it).
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert c["resources"].get("requests", {}).get("nvidia.com/gpu", 1) == 1
+
+
 def test_pod_runs_as_the_images_user_and_outlasts_the_drain(
     kubernetes: dict[str, list[dict[str, Any]]], image: Dockerfile, image_env: dict[str, str]
 ) -> None:
@@ -173,7 +182,9 @@ def test_compose_builds_engines_before_serving_them(compose: dict[str, Any]) -> 
     assert build["environment"] == serve["environment"]
     for service in (build, serve):
         (device,) = service["deploy"]["resources"]["reservations"]["devices"]
-        assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+        assert device["driver"] == "nvidia" and "gpu" in device["capabilities"] and device["count"] == 1
+        # The device request is the whole GPU set-up: no legacy `runtime: nvidia` beside it.
+        assert "runtime" not in service
 
 
 def test_compose_publishes_the_service_port_and_keeps_the_images_healthcheck(
@@ -209,3 +220,11 @@ def test_deploy_doc_names_every_setting_file_and_job(image_env: dict[str, str]) 
     for path in (image_env["HF_HOME"], image_env["SDXL_ENGINE_DIR"], image_env["SDXL_CACHE_DIR"]):
         assert path in text, path
     assert "docs/deploy.md" in (REPO / "README.md").read_text()
+
+
+def test_deploy_doc_names_what_a_gpu_host_needs(image: Dockerfile) -> None:
+    text = DEPLOY_DOC.read_text()
+    minimum = image.labels("gpu")["org.sdxl-turbo.nvidia-driver.minimum"]
+    assert f"driver {minimum} or newer" in text
+    for name in ("NVIDIA Container Toolkit", "runtimeClassName: nvidia", "constraints/gpu.txt", image.root_image("gpu")):
+        assert name in text, name

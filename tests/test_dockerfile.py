@@ -4,6 +4,7 @@ entrypoint, healthcheck, and a layer order where a code change does not reinstal
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -11,14 +12,18 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.version import Version
 
+from engines.core.driver import MIN_DRIVER
 from service.settings import OPTIONS, env_name, load_settings
 from tests.dockerfile_stages import Dockerfile, Instruction, exec_form, read_dockerfile, run_commands, split_options
 from tests.helpers import REPO
 
 TARGETS = ("cpu", "gpu")
 # All a dependency stage may see: a code change must not invalidate its layers.
-DEPENDENCY_FILES = {"pyproject.toml", "docker/requirements.py", "constraints/cpu.txt"}
+DEPENDENCY_FILES = {"pyproject.toml", "docker/requirements.py", "constraints/cpu.txt", "constraints/gpu.txt"}
+CONSTRAINTS = {target: REPO / "constraints" / f"{target}.txt" for target in TARGETS}
+CUDA_MAJOR = 13
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +57,91 @@ def test_gpu_image_starts_from_a_cuda_runtime_and_cpu_image_from_python(dockerfi
     assert cpu.startswith("python:3.") and "cuda" not in cpu, cpu
 
 
+def pins(path: Path) -> dict[str, Version]:
+    """name -> version of a constraints file, where every line is NAME==VERSION."""
+    found = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            requirement = Requirement(line)
+            (specifier,) = requirement.specifier
+            assert specifier.operator == "==", f"{path.name}: {line} is not a pin"
+            found[requirement.name] = Version(specifier.version)
+    return found
+
+
+def test_one_cuda_major_across_the_base_torch_tensorrt_and_onnxruntime(dockerfile: Dockerfile) -> None:
+    base = re.fullmatch(r"nvidia/cuda:(\d+)\.\d+\.\d+-\S+", dockerfile.root_image("gpu"))
+    assert base and int(base.group(1)) == CUDA_MAJOR, dockerfile.root_image("gpu")
+    gpu, cpu = pins(CONSTRAINTS["gpu"]), pins(CONSTRAINTS["cpu"])
+    # PyPI's default Linux wheel of torch 2.13.0 is a CUDA 13.0 build; the CPU install pins the same torch.
+    assert gpu["torch"] == cpu["torch"] == Version("2.13.0")
+    # TensorRT for CUDA 13, all three of its packages at one version.
+    trt = {name: version for name, version in gpu.items() if name.startswith("tensorrt")}
+    assert set(trt) == {f"tensorrt-cu{CUDA_MAJOR}", f"tensorrt-cu{CUDA_MAJOR}-bindings", f"tensorrt-cu{CUDA_MAJOR}-libs"}
+    assert len(set(trt.values())) == 1 and next(iter(trt.values())).major >= 11
+    # onnxruntime-gpu's PyPI builds are CUDA 13 from 1.27 on.
+    assert gpu["onnxruntime-gpu"] >= Version("1.27")
+    assert "onnx" in gpu
+    assert not [name for name in gpu if re.search(r"cu(?!%d)\d\d\b" % CUDA_MAJOR, name)], "another CUDA major"
+    # The gpu extra asks for the same packages, with bounds the pins satisfy.
+    extra = {r.name: r for r in map(Requirement, requirements_of(["gpu"]))}
+    assert {"tensorrt", "tensorrt-cu12"}.isdisjoint(extra), "TensorRT must name its CUDA major"
+    for name in (f"tensorrt-cu{CUDA_MAJOR}", "onnxruntime-gpu", "onnx", "torch"):
+        assert extra[name].specifier.contains(gpu[name]), (name, extra[name], gpu[name])
+    assert not extra["onnxruntime-gpu"].specifier.contains("1.26.0")  # the last CUDA 12 build
+
+
+def requirements_of(extras: list[str]) -> list[str]:
+    return subprocess.run(
+        [sys.executable, "docker/requirements.py", "pyproject.toml", *extras],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.splitlines()
+
+
+def test_no_cuda_12_index_anywhere() -> None:
+    files = ["Dockerfile", "Makefile", "pyproject.toml", "README.md", "docs/deploy.md", *map(str, CONSTRAINTS.values())]
+    files += [str(path) for path in (REPO / "docker").iterdir() if path.is_file()]
+    for name in files:
+        text = (REPO / name).read_text()
+        assert not re.search(r"whl/cu\d+|cu12\d", text), f"{name} names a CUDA-specific torch index"
+
+
+def resolve_args(dockerfile: Dockerfile, target: str, word: str) -> str:
+    """${NAME} in a RUN word -> the default of the stage ARG NAME."""
+    defaults = dict(i.value.partition("=")[::2] for i in dockerfile.inherited(target, "ARG"))
+    return re.sub(r"\$\{?(\w+)\}?", lambda m: defaults.get(m.group(1), m.group(0)), word)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_install_goes_through_the_targets_constraints(dockerfile: Dockerfile, target: str) -> None:
+    installs = dockerfile.pip_installs(dependency_stage(dockerfile, target))
+    assert installs
+    for command in installs:
+        constraints = [command[n + 1] for n, w in enumerate(command) if w in ("-c", "--constraint")]
+        assert constraints and all(c.endswith(f"constraints/{target}.txt") for c in constraints), command
+    if target == "gpu":
+        # torch from PyPI (no CUDA-specific torch index); TensorRT's libraries from NVIDIA's index.
+        assert not [c for c in installs if "--index-url" in c], installs
+        (extras,) = [c for c in installs if "-r" in c]
+        extra_index = resolve_args(dockerfile, dependency_stage(dockerfile, target), extras[extras.index("--extra-index-url") + 1])
+        assert extra_index == "https://pypi.nvidia.com"
+
+
+def test_the_makefiles_gpu_environment_uses_the_same_constraints() -> None:
+    makefile = (REPO / "Makefile").read_text()
+    (install,) = [line for line in makefile.splitlines() if "pip install" in line and ".[gpu" in line]
+    assert "-c constraints/gpu.txt" in install and "--extra-index-url" in install, install
+    assert "NVIDIA_INDEX ?= https://pypi.nvidia.com" in makefile
+
+
+def test_gpu_image_names_the_driver_it_needs(dockerfile: Dockerfile) -> None:
+    gpu, cpu = dockerfile.labels("gpu"), dockerfile.labels("cpu")
+    assert gpu["org.sdxl-turbo.nvidia-driver.minimum"] == str(MIN_DRIVER) == "580"
+    assert gpu["org.sdxl-turbo.cuda.major"] == str(CUDA_MAJOR)
+    assert not any("nvidia" in key for key in cpu)
+
+
 def test_the_two_images_differ_only_in_base_and_dependencies(dockerfile: Dockerfile) -> None:
     def runtime_part(target: str) -> list[tuple[str, str]]:
         return [
@@ -67,8 +157,8 @@ def test_the_two_images_differ_only_in_base_and_dependencies(dockerfile: Dockerf
 @pytest.mark.parametrize(
     "target, extras, wanted, unwanted",
     [
-        ("gpu", ["gpu"], {"tensorrt", "onnxruntime-gpu", "torch"}, {"onnxruntime"}),
-        ("cpu", ["onnx", "openvino"], {"onnxruntime", "openvino", "torch"}, {"tensorrt", "onnxruntime-gpu"}),
+        ("gpu", ["gpu"], {"tensorrt-cu13", "onnxruntime-gpu", "torch"}, {"onnxruntime", "tensorrt"}),
+        ("cpu", ["onnx", "openvino"], {"onnxruntime", "openvino", "torch"}, {"tensorrt-cu13", "onnxruntime-gpu"}),
     ],
 )
 def test_each_image_installs_its_own_extras(
@@ -77,11 +167,7 @@ def test_each_image_installs_its_own_extras(
     commands = [c for i in dockerfile.inherited(dependency_stage(dockerfile, target), "RUN") for c in run_commands(i.value)]
     (listing,) = [c for c in commands if len(c) > 1 and c[1].endswith("requirements.py")]
     assert listing[3 : listing.index(">")] == extras
-    printed = subprocess.run(
-        [sys.executable, "docker/requirements.py", "pyproject.toml", *extras],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    ).stdout.splitlines()
-    names = {Requirement(line).name for line in printed}
+    names = {Requirement(line).name for line in requirements_of(extras)}
     assert wanted <= names and not (unwanted & names), names
 
 
