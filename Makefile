@@ -49,7 +49,7 @@ driver-check:
 $(GPU_STAMP): pyproject.toml constraints/gpu.txt | driver-check
 	$(PYTHON) -m venv $(VENV_GPU)
 	$(PY_GPU) -m pip install --quiet --upgrade pip
-	$(PY_GPU) -m pip install --quiet -c constraints/gpu.txt --extra-index-url $(NVIDIA_INDEX) -e '.[gpu,test]'
+	$(PY_GPU) -m pip install --quiet -c constraints/gpu.txt --extra-index-url $(NVIDIA_INDEX) -e '.[gpu,test,bench]'
 	touch $@
 
 gpu-install: driver-check $(GPU_STAMP)
@@ -84,6 +84,14 @@ engines: install
 	$(PY) build_engines.py --model $(MODEL) --out $(ENGINE_DIR)
 endif
 
+ifeq ($(GPU),1)
+# The GPU plan: TensorRT plans for sdxl-random (built once), then one run that times the service on
+# TensorRT over HTTP, PyTorch fp16 in process and the diffusers fp16 baseline.
+BENCH_ENGINES ?= build/engines-gpu
+bench: gpu-install
+	$(PY_GPU) build_engines.py --model sdxl-random --out $(BENCH_ENGINES)
+	$(PY_GPU) -m benchmarks --model sdxl-random --engine-dir $(BENCH_ENGINES)
+else
 # The CPU path as users get it: OpenVINO IR for sdxl-random (built once, ~7 min, 21 GB peak; a
 # second run does nothing), the whole suite against the diffusers baseline, then the tiny VAE over HTTP.
 BENCH_ENGINES ?= build/engines-cpu
@@ -91,6 +99,7 @@ bench: install
 	$(PY) build_engines.py --model sdxl-random --out $(BENCH_ENGINES) --target cpu
 	$(PY) -m benchmarks --model sdxl-random --engine-dir $(BENCH_ENGINES)
 	$(PY) -m benchmarks --model sdxl-random --engine-dir $(BENCH_ENGINES) --vae tiny --sections http,cache_hits --out benchmarks/results/vae-tiny
+endif
 
 bench-quick: install
 	$(PY) -m benchmarks --quick

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Union
 
 from engines.base import EngineUnavailable, ImageEngine
+from engines.core.driver import driver_problem, nvidia_driver_version
 from engines.core.hardware import GpuInfo, cuda_gpu
 from engines.core.specs import COMPILED_COMPONENTS
 from engines.manifest import ArtefactKind, Manifest, ManifestError
@@ -40,6 +41,17 @@ class EngineRequest:
 
 def probe_gpu() -> GpuInfo | None:
     return cuda_gpu()
+
+
+def probe_unusable_gpu() -> str | None:
+    """Why an NVIDIA GPU that nvidia-smi sees cannot be used here; None when there is none (or it works)."""
+    version = nvidia_driver_version()
+    if version is None or probe_gpu() is not None:
+        return None
+    import torch
+
+    cuda = f"a CUDA {torch.version.cuda} build" if torch.version.cuda else "a build without CUDA"
+    return driver_problem(version) or f"an NVIDIA GPU is present (driver {version}) but torch {torch.__version__} ({cuda}) cannot use it"
 
 
 def probe_tensorrt() -> str | None:
@@ -75,7 +87,7 @@ def tensorrt_candidate(request: EngineRequest) -> Candidate:
         return "--device cpu asks for the CPU"
     gpu = probe_gpu()
     if gpu is None:
-        return "no CUDA GPU is visible"
+        return probe_unusable_gpu() or "no CUDA GPU is visible"
     version = probe_tensorrt()
     if version is None:
         from engines.backends.tensorrt_engine import INSTALL_HINT
@@ -177,6 +189,11 @@ def _auto(request: EngineRequest) -> tuple[ImageEngine, str]:
     if not isinstance(tensorrt, str):
         return tensorrt, f"auto: the TensorRT plans in {request.engine_dir} match this GPU, this TensorRT and the model"
     reasons = [f"not TensorRT ({tensorrt})"]
+    unusable = probe_unusable_gpu() if request.device != "cpu" else None
+    if unusable is not None:
+        # Loud on purpose: a GPU machine quietly serving from its CPU is 100 times slower.
+        logger.warning("THE GPU IS NOT USED: %s; falling back to the CPU", unusable)
+        reasons = [f"THE GPU IS NOT USED: {unusable}"]
     if probe_gpu() is None or request.device == "cpu":
         openvino = openvino_candidate(request)
         if not isinstance(openvino, str):

@@ -76,7 +76,7 @@ def run_build_engines(args: list[str], timeout: float = 300) -> subprocess.Compl
 
 
 FAKE_GPU = ("NVIDIA H100 80GB HBM3", "9.0")
-FAKE_TENSORRT = "10.8.0.43"
+FAKE_TENSORRT = "11.4.0.106"
 
 
 def write_fake_engines(directory: Path, model: str = "tiny", with_plans: bool = True) -> Any:
@@ -108,7 +108,8 @@ def write_fake_engines(directory: Path, model: str = "tiny", with_plans: bool = 
         def artefact(relative: str, **details: Any) -> Artefact:
             return Artefact(relative, {relative: hashes[relative]}, key=f"key of {relative}", details=details)
 
-        plan = artefact(f"{name}.plan", precision="fp16" if name == "unet" else "bf16") if with_plans else None
+        read_back = ("fp16", "HALF") if name == "unet" else ("tf32", "FLOAT")
+        plan = artefact(f"{name}.plan", precision=read_back[0], io_dtypes={"x": read_back[1]}) if with_plans else None
         manifest.components[name] = ComponentEntry(artefact(f"{name}/model.onnx"), plan)
     manifest.write(directory)
     return manifest

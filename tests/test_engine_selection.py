@@ -21,9 +21,10 @@ from tests.helpers import FAKE_GPU, FAKE_TENSORRT, REPO, write_fake_engines
 def machine(monkeypatch):
     """Set what the machine has: `machine(gpu=..., tensorrt=...)`; by default a CPU without TensorRT."""
 
-    def fake(gpu: GpuInfo | None = None, tensorrt: str | None = None) -> None:
+    def fake(gpu: GpuInfo | None = None, tensorrt: str | None = None, unusable_gpu: str | None = None) -> None:
         monkeypatch.setattr(select, "probe_gpu", lambda: gpu)
         monkeypatch.setattr(select, "probe_tensorrt", lambda: tensorrt)
+        monkeypatch.setattr(select, "probe_unusable_gpu", lambda: unusable_gpu)
 
     fake()
     return fake
@@ -54,13 +55,13 @@ def test_auto_without_tensorrt_installed(machine, engine_dir: Path) -> None:
     machine(gpu=GpuInfo(*FAKE_GPU))
     engine = choose("auto", engine_dir)
     assert engine.info.name.startswith("torch-")
-    assert "TensorRT is not installed (install it on a GPU machine with `pip install '.[gpu]'`" in engine.info.selection_reason
+    assert "TensorRT is not installed (on a GPU machine, `make serve` installs it" in engine.info.selection_reason
 
 
 def test_auto_takes_tensorrt_when_gpu_tensorrt_and_manifest_match(machine, engine_dir: Path) -> None:
     machine(gpu=GpuInfo(*FAKE_GPU), tensorrt=FAKE_TENSORRT)
     engine = choose("auto", engine_dir)
-    assert engine.info.name == "tensorrt-fp16-vae-bf16"
+    assert engine.info.name == "tensorrt-fp16-vae-tf32"
     assert engine.info.selection_reason == (
         f"auto: the TensorRT plans in {engine_dir} match this GPU, this TensorRT and the model"
     )
@@ -165,3 +166,25 @@ def test_the_service_refuses_tensorrt_at_start_up_without_a_traceback(tmp_path: 
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == "error: --engine tensorrt cannot run here: no CUDA GPU is visible"
     assert "Traceback" not in result.stderr
+
+
+def test_a_gpu_that_cannot_be_used_is_said_loudly(machine, engine_dir: Path, caplog) -> None:
+    problem = "NVIDIA driver 550.54.15 is too old: the GPU environment is built for CUDA 13 (...)"
+    machine(unusable_gpu=problem)
+    with caplog.at_level("WARNING", logger=select.__name__):
+        engine = choose("auto", engine_dir)
+    assert engine.info.name.startswith("torch-cpu")
+    assert engine.info.selection_reason.startswith(f"auto: THE GPU IS NOT USED: {problem}")
+    assert [r.levelname for r in caplog.records if "THE GPU IS NOT USED" in r.getMessage()] == ["WARNING"]
+    with pytest.raises(EngineUnavailable, match="--engine tensorrt cannot run here: NVIDIA driver 550.54.15 is too old"):
+        choose("tensorrt", engine_dir)
+
+
+def test_an_unusable_gpu_is_read_from_the_driver_and_torch(monkeypatch) -> None:
+    monkeypatch.setattr(select, "probe_gpu", lambda: None)
+    monkeypatch.setattr(select, "nvidia_driver_version", lambda: "550.54.15")
+    assert "driver 550.54.15 is too old" in select.probe_unusable_gpu()
+    monkeypatch.setattr(select, "nvidia_driver_version", lambda: "580.65.06")
+    assert select.probe_unusable_gpu().startswith("an NVIDIA GPU is present (driver 580.65.06) but torch")
+    monkeypatch.setattr(select, "nvidia_driver_version", lambda: None)
+    assert select.probe_unusable_gpu() is None
