@@ -133,3 +133,44 @@ def pixel_difference(image: Any, reference: Any) -> tuple[int, float]:
 
     difference = np.abs(np.asarray(image).astype(np.int16) - np.asarray(reference).astype(np.int16))
     return int(difference.max()), float(difference.mean())
+
+
+def gpu_cases() -> list[Any]:
+    """What both gpu tiers compare against float32 PyTorch on the same GPU: 1, 2 and 4 steps (the
+    timestep is a view into the schedule), guidance with a negative prompt, non-square sizes."""
+    from engines.base import GenerationRequest
+
+    return [
+        GenerationRequest(prompt=EXAMPLE_PROMPT, seed=1),
+        GenerationRequest(prompt=EXAMPLE_PROMPT, seed=2, num_inference_steps=2),
+        GenerationRequest(prompt=EXAMPLE_PROMPT, seed=3, num_inference_steps=4),
+        GenerationRequest(prompt=EXAMPLE_PROMPT, negative_prompt="blurry", seed=4, guidance_scale=3.0, width=768, height=512),
+        GenerationRequest(prompt="a lighthouse at dusk", seed=5, width=768, height=512),
+    ]
+
+
+def case_id(request: Any) -> str:
+    return f"{request.num_inference_steps}step-cfg{request.guidance_scale}-{request.width}x{request.height}"
+
+
+@contextlib.contextmanager
+def loaded(*engines: Any) -> Iterator[None]:
+    """Engines loaded for a block, closed after it."""
+    for engine in engines:
+        engine.load()
+    try:
+        yield
+    finally:
+        for engine in engines:
+            engine.close()
+
+
+def assert_same_picture(engine: Any, reference: Any, generation: Any, label: str) -> None:
+    """`engine` makes what float32 `reference` makes for `generation`, within what its numerics allow."""
+    (image,) = engine.generate([generation])
+    (expected,) = reference.generate([generation])
+    assert image.shape == (generation.height, generation.width, 3)
+    assert image.std() > 0, "a flat image: the decode overflowed or went wrong"
+    largest, mean = pixel_difference(image, expected)
+    print(f"{label} against float32 PyTorch on the same GPU: max {largest}, mean {mean:.3f}")
+    assert mean < 4

@@ -25,7 +25,11 @@ from engines.backends.torch_engine import TorchEngine
 from tests.helpers import (
     EXAMPLE_PROMPT,
     ServiceProcess,
+    assert_same_picture,
+    case_id,
     generate,
+    gpu_cases,
+    loaded,
     pixel_difference,
     request,
     run_build_engines,
@@ -98,24 +102,12 @@ def test_a_batch_past_the_profile_is_an_engine_error(trt_engines: Path) -> None:
         plans.runners[VAE_DECODER](latents.to("cuda"))
 
 
-TENSORRT_REQUESTS = [
-    GenerationRequest(prompt=EXAMPLE_PROMPT, seed=1),
-    GenerationRequest(prompt=EXAMPLE_PROMPT, seed=2, num_inference_steps=2),
-    GenerationRequest(prompt=EXAMPLE_PROMPT, seed=3, num_inference_steps=4),
-    GenerationRequest(prompt=EXAMPLE_PROMPT, negative_prompt="blurry", seed=4, guidance_scale=3.0, width=768, height=512),
-]
-
-
 @pytest.fixture(scope="module")
 def tensorrt_and_torch(trt_engines: Path, presets_dir: Path) -> Iterator[tuple]:
     engine = select_engine(EngineRequest("auto", "tiny", trt_engines, presets_dir=presets_dir))
     reference = TorchEngine("tiny", device="cuda", precision="fp32", presets_dir=presets_dir)
-    engine.load()
-    reference.load()
-    engine.warm_up()
-    yield engine, reference
-    engine.close()
-    reference.close()
+    with loaded(engine, reference):
+        yield engine, reference
 
 
 def test_auto_picks_tensorrt(tensorrt_and_torch) -> None:
@@ -123,16 +115,11 @@ def test_auto_picks_tensorrt(tensorrt_and_torch) -> None:
     assert engine.info.name == "tensorrt-fp16-vae-tf32"
 
 
-@pytest.mark.parametrize("generation", TENSORRT_REQUESTS, ids=lambda r: f"{r.num_inference_steps}step-cfg{r.guidance_scale}-{r.width}x{r.height}")
+@pytest.mark.parametrize("generation", gpu_cases(), ids=case_id)
 def test_tensorrt_makes_the_torch_picture(tensorrt_and_torch, generation: GenerationRequest) -> None:
     """1, 2 and 4 steps (the timestep is a view into the schedule), guidance, a non-square size."""
     engine, reference = tensorrt_and_torch
-    (image,) = engine.generate([generation])
-    (expected,) = reference.generate([generation])
-    assert image.shape == (generation.height, generation.width, 3)
-    largest, mean = pixel_difference(image, expected)
-    print(f"TensorRT against torch float32, pixels: max {largest}, mean {mean:.3f}")
-    assert mean < 4
+    assert_same_picture(engine, reference, generation, "TensorRT")
 
 
 def test_a_batch_of_two_gives_each_request_its_picture(tensorrt_and_torch) -> None:

@@ -17,32 +17,31 @@ import torch
 
 from engines.backends.torch_engine import TorchEngine
 from engines.base import GenerationRequest
-from tests.helpers import EXAMPLE_PROMPT, ServiceProcess, generate, pixel_difference, request, running_service
+from tests.helpers import (
+    EXAMPLE_PROMPT,
+    ServiceProcess,
+    assert_same_picture,
+    case_id,
+    generate,
+    gpu_cases,
+    loaded,
+    pixel_difference,
+    request,
+    running_service,
+)
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (make gpu-check-torch)"),
 ]
 
-REQUESTS = [
-    GenerationRequest(prompt=EXAMPLE_PROMPT, seed=1),
-    GenerationRequest(prompt=EXAMPLE_PROMPT, seed=2, num_inference_steps=2),
-    GenerationRequest(prompt=EXAMPLE_PROMPT, seed=3, num_inference_steps=4),
-    GenerationRequest(prompt=EXAMPLE_PROMPT, negative_prompt="blurry", seed=4, guidance_scale=3.0),
-    GenerationRequest(prompt="a lighthouse at dusk", seed=5, width=768, height=512),
-]
-
-
 @pytest.fixture(scope="module")
 def engines(presets_dir: Path) -> Iterator[tuple[TorchEngine, TorchEngine]]:
     """The default CUDA engine (fp16) and a float32 reference on the same GPU."""
     fast = TorchEngine("tiny", device="cuda", presets_dir=presets_dir)
     reference = TorchEngine("tiny", device="cuda", precision="fp32", presets_dir=presets_dir)
-    fast.load()
-    reference.load()
-    yield fast, reference
-    fast.close()
-    reference.close()
+    with loaded(fast, reference):
+        yield fast, reference
 
 
 def test_the_default_is_fp16_with_the_vae_out_of_fp16(engines) -> None:
@@ -52,16 +51,10 @@ def test_the_default_is_fp16_with_the_vae_out_of_fp16(engines) -> None:
     assert fast.info.name in ("torch-cuda-fp16-vae-bf16", "torch-cuda-fp16-vae-fp32")
 
 
-@pytest.mark.parametrize("generation", REQUESTS, ids=lambda r: f"{r.num_inference_steps}step-cfg{r.guidance_scale}-{r.width}x{r.height}")
+@pytest.mark.parametrize("generation", gpu_cases(), ids=case_id)
 def test_fp16_makes_the_float32_picture(engines, generation: GenerationRequest) -> None:
     fast, reference = engines
-    (image,) = fast.generate([generation])
-    (expected,) = reference.generate([generation])
-    assert image.shape == (generation.height, generation.width, 3)
-    assert image.std() > 0, "a flat image: the decode overflowed or went wrong"
-    largest, mean = pixel_difference(image, expected)
-    print(f"fp16 against fp32 on {torch.cuda.get_device_name(0)}: max {largest}, mean {mean:.3f}")
-    assert mean < 4
+    assert_same_picture(fast, reference, generation, f"PyTorch fp16 on {torch.cuda.get_device_name(0)}")
 
 
 def test_a_batch_on_the_gpu_gives_each_request_its_own_picture(engines) -> None:
