@@ -1,0 +1,28 @@
+"""The README's Layout is the tree: every module of service/ and engines/ is in it, and it names no file that is gone."""
+
+from __future__ import annotations
+
+import re
+
+from tests.helpers import REPO
+
+PACKAGES = ("service", "engines")
+
+
+def layout_block() -> str:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("\n## Layout\n", 1)[1]
+    return section.split("```", 2)[1]
+
+
+def test_every_module_is_in_the_layout() -> None:
+    named = set(re.findall(r"[\w-]+\.py", layout_block()))
+    modules = {path.name for package in PACKAGES for path in (REPO / package).rglob("*.py") if path.name != "__init__.py"}
+    assert modules, "no modules found: the check would pass for nothing"
+    assert sorted(modules - named) == []
+
+
+def test_the_layout_names_no_missing_file() -> None:
+    named = set(re.findall(r"[\w-]+\.py", layout_block()))
+    existing = {path.name for path in REPO.rglob("*.py") if ".venv" not in path.parts}
+    assert named and sorted(named - existing) == []
