@@ -49,7 +49,7 @@ async def serve(app: web.Application, settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve until stopped. Exit status: 0 after a clean drain, 2 when refused before serving (settings,
-    engine, cache directory), 1 for any other failed start."""
+    engine), 1 for any other failed start."""
     try:
         settings = load_settings(argv)
     except SettingsError as exc:
@@ -74,11 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EngineUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    try:
-        cache = ImageCache(settings.cache_dir, settings.cache_size)
-    except OSError as exc:
-        print(f"error: --cache-dir {settings.cache_dir}: {exc}", file=sys.stderr)
-        return 2
+    cache = ImageCache(settings.cache_dir, settings.cache_size)  # never raises: a broken cache is bypassed
     return asyncio.run(serve(create_app(settings, engine, cache), settings))
 
 

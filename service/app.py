@@ -83,6 +83,7 @@ def create_app(settings: Settings, engine: ImageEngine, cache: ImageCache) -> we
         # Outermost first: the metrics see the status the error middleware settled on.
         middlewares=[request_id_middleware, metrics_middleware(metrics), error_middleware(settings.max_body_bytes)],
     )
+    metrics.watch_cache(cache)
     app[METRICS] = metrics
     app[SETTINGS] = settings
     app[ENGINE] = engine

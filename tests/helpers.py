@@ -7,6 +7,7 @@ import http.client
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -124,3 +125,12 @@ def running_service(args: list[str], **kwargs: Any) -> Iterator[ServiceProcess]:
     finally:
         code = service.stop()
         assert code == 0, f"the service did not exit cleanly ({code}):\n{service.log()}"
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one series in the Prometheus text; a missing series fails the test (it is not 0)."""
+    label_text = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = r"^" + re.escape(name) + (r"\{" + re.escape(label_text) + r"\}" if labels else "") + r" ([0-9.e+-]+)$"
+    match = re.search(pattern, text, re.MULTILINE)
+    assert match, f"no series {name}{{{label_text}}} in /metrics:\n{text}"
+    return float(match.group(1))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import re
 import signal
 import threading
 import time
@@ -12,7 +11,7 @@ import time
 
 from service.state import ADMISSION, drain
 from tests.engines import ControlledEngine
-from tests.helpers import ServiceProcess, generate, request
+from tests.helpers import ServiceProcess, generate, metric, request
 
 
 def job(i: int, **extra) -> dict:
@@ -109,15 +108,6 @@ async def test_batches_only_group_requests_that_can_share_a_unet_call(make_clien
     assert all(r.status == 200 for r in replies)
     grouped = sorted(sorted(r.prompt for r in batch) for batch in engine.calls)
     assert grouped == [["request 1", "request 3"], ["request 2"], ["request 4"]]
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one series in the Prometheus text; a missing series fails the test (it is not 0)."""
-    label_text = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = r"^" + re.escape(name) + (r"\{" + re.escape(label_text) + r"\}" if labels else "") + r" ([0-9.e+-]+)$"
-    match = re.search(pattern, text, re.MULTILINE)
-    assert match, f"no series {name}{{{label_text}}} in /metrics:\n{text}"
-    return float(match.group(1))
 
 
 async def test_metrics_move_as_the_requests_say(make_client):
