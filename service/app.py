@@ -68,7 +68,10 @@ async def _engine_context(app: web.Application) -> AsyncIterator[None]:
     loader.cancel()
     await asyncio.gather(loader, return_exceptions=True)
     await admission.close()
-    await asyncio.to_thread(engine.close)
+    if admission.engine_idle:
+        await asyncio.to_thread(engine.close)
+    else:  # closing it under a running call is not safe; the process is exiting anyway
+        logger.warning("the engine is still busy after the shutdown timeout; exiting without closing it")
 
 
 async def _cache_context(app: web.Application) -> AsyncIterator[None]:
