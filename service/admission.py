@@ -29,10 +29,21 @@ T = TypeVar("T")
 
 
 @dataclass(eq=False)
+class Deadline:
+    """When a piece of work stops being wanted, on the loop's clock. Shared work holds one for all
+    its waiters, moved later as each joins: it lives as long as its longest waiter."""
+
+    at: float
+
+    def extend(self, at: float) -> None:
+        self.at = max(self.at, at)
+
+
+@dataclass(eq=False)
 class _Job:
     request: GenerationRequest
     future: asyncio.Future[np.ndarray]
-    deadline: float  # on the loop's clock
+    deadline: Deadline
     enqueued: float = field(default_factory=time.monotonic)
 
 
@@ -135,7 +146,7 @@ class AdmissionQueue:
         per_image = self._seconds_per_image or 1.0
         return (len(self._pending) + len(self._running)) * per_image / self.max_batch
 
-    async def submit(self, request: GenerationRequest, deadline: float) -> np.ndarray:
+    async def submit(self, request: GenerationRequest, deadline: Deadline) -> np.ndarray:
         """Queue a request and wait for its image; raises Overloaded, NotReady or DeadlineExceeded."""
         if not self._accepting:
             self.observer.refused("draining")
@@ -192,7 +203,7 @@ class AdmissionQueue:
         for job in list(self._pending):
             if job.future.done():
                 self._pending.remove(job)
-            elif job.deadline <= now:
+            elif job.deadline.at <= now:
                 self._pending.remove(job)
                 self.observer.refused("deadline")
                 job.future.set_exception(DeadlineExceeded("the request's deadline passed while it waited in the queue"))
@@ -274,16 +285,22 @@ class InFlight(Generic[T]):
 
     def __init__(self) -> None:
         self._tasks: dict[str, asyncio.Task[T]] = {}
+        self._deadlines: dict[str, Deadline] = {}
         self._waiters: dict[asyncio.Task[T], int] = {}
 
-    async def run(self, key: str, start: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
-        """Returns the result and whether it was shared with an earlier identical request."""
+    async def run(self, key: str, start: Callable[[Deadline], Awaitable[T]], deadline: float) -> tuple[T, bool]:
+        """Returns the result and whether it was shared with an earlier identical request. The work
+        gets a Deadline that each waiter pushes out to its own: it is never dropped for one waiter's
+        deadline while another still waits."""
         task = self._tasks.get(key)
         shared = task is not None
         if task is None:
-            task = asyncio.ensure_future(start())
+            self._deadlines[key] = Deadline(deadline)
+            task = asyncio.ensure_future(start(self._deadlines[key]))
             self._tasks[key] = task
             task.add_done_callback(lambda done: self._forget(key, done))
+        else:
+            self._deadlines[key].extend(deadline)
         self._waiters[task] = self._waiters.get(task, 0) + 1
         try:
             return await asyncio.shield(task), shared
@@ -297,5 +314,6 @@ class InFlight(Generic[T]):
     def _forget(self, key: str, task: asyncio.Task[T]) -> None:
         if self._tasks.get(key) is task:
             del self._tasks[key]
+            del self._deadlines[key]
         if not task.cancelled():
             task.exception()  # retrieved: no "exception was never retrieved" when every waiter left

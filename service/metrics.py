@@ -3,6 +3,7 @@ the admission queue and the image images."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Awaitable, Callable
 
@@ -14,6 +15,8 @@ from prometheus_client.registry import Collector
 from service.admission import AdmissionObserver
 from service.cache import ImageCache
 
+# nginx's code for "client closed the request": the status label of a request whose client left.
+CLIENT_CLOSED = 499
 # Seconds: from a cache hit (sub-millisecond) to a full-size image on a CPU (tens of seconds).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120)
 
@@ -98,6 +101,9 @@ def metrics_middleware(metrics: ServiceMetrics) -> Callable[..., Awaitable[web.S
             return response
         except web.HTTPException as exc:
             status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED  # the client went away: its own outcome, not a 500
             raise
         finally:
             resource = request.match_info.route.resource

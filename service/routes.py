@@ -87,12 +87,25 @@ def require_ready(request: web.Request) -> None:
         raise NotReady(f"the model is not ready ({readiness.state})")
 
 
-async def within_deadline(awaitable: Awaitable[T], deadline: float) -> T:
-    """Await until the request's deadline; past it, 504 (the work itself may still fill the cache)."""
+async def within_deadline(request: web.Request, awaitable: Awaitable[T], deadline: float) -> T:
+    """Await until the request's deadline; past it, 504, counted as a deadline refusal (shared work
+    goes on for its other waiters and may still fill the cache)."""
     try:
         return await asyncio.wait_for(awaitable, deadline - asyncio.get_running_loop().time())
     except asyncio.TimeoutError:
+        request.app[METRICS].refused("deadline")
         raise DeadlineExceeded("the image was not ready before the request's deadline") from None
+
+
+async def all_or_none(awaitables: list[Awaitable[T]]) -> list[T]:
+    """Every result, or the first failure with the others cancelled (a batch refused with 429 does
+    not go on computing its siblings)."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 async def generate_image(request: web.Request) -> web.Response:
@@ -105,7 +118,7 @@ async def generate_image(request: web.Request) -> web.Response:
     headers = image_headers(request, job, key, found.truncated)
     if etag_matches(request.headers.get("If-None-Match"), headers["ETag"]):
         return web.Response(status=304, headers=headers)
-    result = await within_deadline(images.answer(job, key, deadline, found.cached), deadline)
+    result = await within_deadline(request, images.answer(job, key, deadline, found.cached), deadline)
     headers["X-Cache"] = result.cache_status
     return web.Response(body=result.data, content_type=job.media_type, headers=headers)
 
@@ -117,7 +130,7 @@ async def openai_generations(request: web.Request) -> web.Response:
     jobs = parse_openai_request(await read_json(request, deadline), request.app[LIMITS])
     images = request.app[IMAGES]
     results = await within_deadline(
-        asyncio.gather(*(images.get(job, images.key(job), deadline) for job in jobs)), deadline
+        request, all_or_none([images.get(job, images.key(job), deadline) for job in jobs]), deadline
     )
     encoded = await asyncio.to_thread(lambda: [base64.b64encode(r.data).decode("ascii") for r in results])
     data = [{"b64_json": b64, "seed": job.generation.seed} for job, b64 in zip(jobs, encoded)]

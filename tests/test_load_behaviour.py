@@ -238,3 +238,55 @@ def test_sigterm_with_a_queue_longer_than_the_timeout_answers_503_and_exits_0_in
     for reply in replies:
         if reply.status == 503:
             assert reply.json()["error"]["code"] == "not_ready" and "Retry-After" in {k.title() for k in reply.headers}
+
+
+async def test_coalesced_requests_each_keep_their_own_deadline(make_client):
+    """A (X-Request-Timeout 0.5) and B (identical, default deadline) share one computation: A gets
+    504, B its image; the work is not dropped for A's deadline."""
+    engine = ControlledEngine()
+    client = await make_client(engine)
+    running = await hold_engine_busy(client, engine)
+    a = asyncio.create_task(client.post("/generate-image", json=job(8), headers={"X-Request-Timeout": "0.5"}))
+    await wait_for_depth(client, 1)
+    b = asyncio.create_task(client.post("/generate-image", json=job(8)))
+    assert (await a).status == 504
+    await asyncio.sleep(0.7)  # past A's deadline, while the engine is still busy
+    engine.release.set()
+    reply = await b
+    assert reply.status == 200 and reply.headers["X-Cache"] == "SHARED"
+    assert (await running).status == 200
+    assert [r.prompt for batch in engine.calls for r in batch] == ["request 900", "request 8"]
+
+
+async def test_metrics_count_504s_as_deadline_refusals_and_disconnects_as_499(make_client):
+    engine = ControlledEngine()
+    client = await make_client(engine)
+    running = await hold_engine_busy(client, engine)
+    shared = asyncio.create_task(client.post("/generate-image", json=job(9)))
+    await wait_for_depth(client, 1)
+    # Joins the queued work (so the queue does not drop it); its own deadline fires in the route.
+    late = await client.post("/generate-image", json=job(9), headers={"X-Request-Timeout": "0.2"})
+    assert late.status == 504
+    gone = asyncio.create_task(client.post("/generate-image", json=job(10)))
+    await wait_for_depth(client, 2)
+    gone.cancel()
+    await wait_for_depth(client, 1)
+    engine.release.set()
+    assert (await running).status == 200 and (await shared).status == 200
+    text = await (await client.get("/metrics")).text()
+    assert metric(text, "sdxl_refused_requests_total", reason="deadline") == 1
+    assert metric(text, "sdxl_http_requests_total", route="/generate-image", status="499") == 1
+    assert "status=\"500\"" not in text
+
+
+async def test_an_openai_batch_refused_with_429_cancels_its_siblings(make_client):
+    engine = ControlledEngine()
+    client = await make_client(engine, max_queue=2)
+    running = await hold_engine_busy(client, engine)
+    reply = await client.post("/v1/images/generations", json={"prompt": "four cats", "n": 4})
+    assert reply.status == 429
+    await wait_for_depth(client, 0)  # the two that got in were cancelled with the refused ones
+    engine.release.set()
+    assert (await running).status == 200
+    await asyncio.sleep(0.2)
+    assert engine.requests_seen == 1
