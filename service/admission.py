@@ -245,12 +245,15 @@ class AdmissionQueue:
 
     async def drain(self, timeout: float) -> bool:
         """Wait until queued and running work is done, at most `timeout` seconds; True if it all finished.
-        Past the timeout, every waiter still queued or running is answered 503 at once."""
-        self.stop_accepting()
+        Past the timeout, every waiter still queued or running is answered 503 at once.
+
+        New requests are refused upstream (readiness turns 'draining'); a request that arrived before
+        the signal may still join the queue until the timeout, so it is not refused for being slow to read."""
         deadline = time.monotonic() + timeout
         while self.busy and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         finished = not self.busy
+        self.stop_accepting()
         self._refuse_waiting("the service shut down before this image was made; retry on another replica")
         return finished
 
