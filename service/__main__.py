@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from typing import Sequence
@@ -13,9 +14,10 @@ from aiohttp import web
 from engines.base import EngineUnavailable
 from service.app import create_app
 from service.cache import ImageCache
-from service.logs import AccessLogger, configure_logging
+from service.logs import configure_logging
+from service.server import ServiceRunner, runner_options
 from service.settings import Settings, SettingsError, load_settings
-from service.state import READINESS, drain
+from service.state import ADMISSION, READINESS, drain
 
 logger = logging.getLogger("service")
 
@@ -23,8 +25,7 @@ logger = logging.getLogger("service")
 async def serve(app: web.Application, settings: Settings) -> int:
     """Run the app until a signal or a failed engine start; 0 after a clean drain, 1 otherwise."""
     readiness = app[READINESS]
-    # Cancel a handler whose client went away: its queued request frees its place.
-    runner = web.AppRunner(app, handler_cancellation=True, access_log_class=AccessLogger)
+    runner = ServiceRunner(app, **runner_options(settings))
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port)
@@ -42,14 +43,14 @@ async def serve(app: web.Application, settings: Settings) -> int:
     logger.info("stopping (%s); draining in-flight requests", readiness.state if failed else "signal")
     drained = await drain(app)
     if not drained:
-        logger.warning("requests still in flight after %.0f s; stopping anyway", settings.shutdown_timeout)
+        logger.warning("work still unfinished after %.1f s; it was answered 503", settings.shutdown_timeout)
     await runner.cleanup()
     return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve until stopped. Exit status: 0 after a clean drain, 2 when refused before serving (settings,
-    engine, cache directory), 1 for any other failed start."""
+    engine), 1 for any other failed start."""
     try:
         settings = load_settings(argv)
     except SettingsError as exc:
@@ -74,12 +75,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EngineUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    try:
-        cache = ImageCache(settings.cache_dir, settings.cache_size)
-    except OSError as exc:
-        print(f"error: --cache-dir {settings.cache_dir}: {exc}", file=sys.stderr)
-        return 2
-    return asyncio.run(serve(create_app(settings, engine, cache), settings))
+    cache = ImageCache(settings.cache_dir, settings.cache_size)  # never raises: a broken cache is bypassed
+    app = create_app(settings, engine, cache)
+    code = asyncio.run(serve(app, settings))
+    if not app[ADMISSION].engine_idle:
+        # A model call outlived --shutdown-timeout and the grace after it. Its thread cannot be
+        # interrupted, and the interpreter's own exit would tear down the native libraries under it
+        # (SIGABRT): end the process here, the answers already sent and the logs flushed.
+        logger.warning("an engine call is still running; exiting without waiting for it")
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

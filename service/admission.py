@@ -12,8 +12,10 @@ import asyncio
 import contextvars
 import functools
 import logging
+import queue
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Generic, TypeVar
 
@@ -27,11 +29,65 @@ T = TypeVar("T")
 
 
 @dataclass(eq=False)
+class Deadline:
+    """When a piece of work stops being wanted, on the loop's clock. Shared work holds one for all
+    its waiters, moved later as each joins: it lives as long as its longest waiter."""
+
+    at: float
+
+    def extend(self, at: float) -> None:
+        self.at = max(self.at, at)
+
+
+@dataclass(eq=False)
 class _Job:
     request: GenerationRequest
     future: asyncio.Future[np.ndarray]
-    deadline: float  # on the loop's clock
+    deadline: Deadline
     enqueued: float = field(default_factory=time.monotonic)
+
+
+class DaemonThreadExecutor(Executor):
+    """One daemon thread that runs calls in order. Unlike ThreadPoolExecutor, whose threads the
+    interpreter joins at exit, a model call still running past the shutdown timeout does not keep
+    the process alive."""
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[tuple[Future, Callable, tuple, dict] | None] = queue.SimpleQueue()
+        self._busy = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def idle(self) -> bool:
+        with self._lock:
+            return self._busy == 0
+
+    def submit(self, fn: Callable[..., T], /, *args: object, **kwargs: object) -> Future[T]:
+        future: Future[T] = Future()
+        with self._lock:
+            self._busy += 1
+        self._calls.put((future, fn, args, kwargs))
+        return future
+
+    def _work(self) -> None:
+        while (call := self._calls.get()) is not None:
+            future, fn, args, kwargs = call
+            try:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn(*args, **kwargs))
+                    except BaseException as exc:
+                        future.set_exception(exc)
+            finally:
+                with self._lock:
+                    self._busy -= 1
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None) -> None:
+        self._calls.put(None)
+        if wait:
+            self._thread.join(timeout)
 
 
 class AdmissionObserver:
@@ -60,7 +116,7 @@ class AdmissionQueue:
         self._pending: list[_Job] = []
         self._running: list[_Job] = []
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._executor = DaemonThreadExecutor("engine")
         self._worker: asyncio.Task[None] | None = None
         self._accepting = True
         self._seconds_per_image: float | None = None  # moving average of measured batches
@@ -90,7 +146,7 @@ class AdmissionQueue:
         per_image = self._seconds_per_image or 1.0
         return (len(self._pending) + len(self._running)) * per_image / self.max_batch
 
-    async def submit(self, request: GenerationRequest, deadline: float) -> np.ndarray:
+    async def submit(self, request: GenerationRequest, deadline: Deadline) -> np.ndarray:
         """Queue a request and wait for its image; raises Overloaded, NotReady or DeadlineExceeded."""
         if not self._accepting:
             self.observer.refused("draining")
@@ -147,7 +203,7 @@ class AdmissionQueue:
         for job in list(self._pending):
             if job.future.done():
                 self._pending.remove(job)
-            elif job.deadline <= now:
+            elif job.deadline.at <= now:
                 self._pending.remove(job)
                 self.observer.refused("deadline")
                 job.future.set_exception(DeadlineExceeded("the request's deadline passed while it waited in the queue"))
@@ -188,24 +244,39 @@ class AdmissionQueue:
         self._accepting = False
 
     async def drain(self, timeout: float) -> bool:
-        """Wait until queued and running work is done, at most `timeout` seconds; True if it all finished."""
-        self.stop_accepting()
+        """Wait until queued and running work is done, at most `timeout` seconds; True if it all finished.
+        Past the timeout, every waiter still queued or running is answered 503 at once.
+
+        New requests are refused upstream (readiness turns 'draining'); a request that arrived before
+        the signal may still join the queue until the timeout, so it is not refused for being slow to read."""
         deadline = time.monotonic() + timeout
         while self.busy and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        return not self.busy
+        finished = not self.busy
+        self.stop_accepting()
+        self._refuse_waiting("the service shut down before this image was made; retry on another replica")
+        return finished
 
-    async def close(self) -> None:
-        """Stop the worker, fail what is left, and release the engine's thread."""
+    def _refuse_waiting(self, message: str) -> None:
+        for job in [*self._pending, *self._running]:
+            if not job.future.done():
+                self.observer.refused("shutdown")
+                job.future.set_exception(NotReady(message))
+        self._pending.clear()
+
+    @property
+    def engine_idle(self) -> bool:
+        return self._executor.idle
+
+    async def close(self, grace_s: float = 1.0) -> None:
+        """Stop the worker, fail what is left, and let the engine's thread finish its call within
+        `grace_s` (a call running longer is left behind: the thread is a daemon and the process may exit)."""
         self.stop_accepting()
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
-        for job in self._pending:
-            if not job.future.done():
-                job.future.set_exception(NotReady("the service shut down before this request ran"))
-        self._pending.clear()
-        self._executor.shutdown(wait=True)
+        self._refuse_waiting("the service shut down before this request ran")
+        await asyncio.to_thread(self._executor.shutdown, wait=True, timeout=grace_s)
 
 
 class InFlight(Generic[T]):
@@ -217,16 +288,22 @@ class InFlight(Generic[T]):
 
     def __init__(self) -> None:
         self._tasks: dict[str, asyncio.Task[T]] = {}
+        self._deadlines: dict[str, Deadline] = {}
         self._waiters: dict[asyncio.Task[T], int] = {}
 
-    async def run(self, key: str, start: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
-        """Returns the result and whether it was shared with an earlier identical request."""
+    async def run(self, key: str, start: Callable[[Deadline], Awaitable[T]], deadline: float) -> tuple[T, bool]:
+        """Returns the result and whether it was shared with an earlier identical request. The work
+        gets a Deadline that each waiter pushes out to its own: it is never dropped for one waiter's
+        deadline while another still waits."""
         task = self._tasks.get(key)
         shared = task is not None
         if task is None:
-            task = asyncio.ensure_future(start())
+            self._deadlines[key] = Deadline(deadline)
+            task = asyncio.ensure_future(start(self._deadlines[key]))
             self._tasks[key] = task
             task.add_done_callback(lambda done: self._forget(key, done))
+        else:
+            self._deadlines[key].extend(deadline)
         self._waiters[task] = self._waiters.get(task, 0) + 1
         try:
             return await asyncio.shield(task), shared
@@ -240,5 +317,6 @@ class InFlight(Generic[T]):
     def _forget(self, key: str, task: asyncio.Task[T]) -> None:
         if self._tasks.get(key) is task:
             del self._tasks[key]
+            del self._deadlines[key]
         if not task.cancelled():
             task.exception()  # retrieved: no "exception was never retrieved" when every waiter left

@@ -68,7 +68,10 @@ async def _engine_context(app: web.Application) -> AsyncIterator[None]:
     loader.cancel()
     await asyncio.gather(loader, return_exceptions=True)
     await admission.close()
-    await asyncio.to_thread(engine.close)
+    if admission.engine_idle:
+        await asyncio.to_thread(engine.close)
+    else:  # closing it under a running call is not safe; the process is exiting anyway
+        logger.warning("the engine is still busy after the shutdown timeout; exiting without closing it")
 
 
 async def _cache_context(app: web.Application) -> AsyncIterator[None]:
@@ -83,6 +86,7 @@ def create_app(settings: Settings, engine: ImageEngine, cache: ImageCache) -> we
         # Outermost first: the metrics see the status the error middleware settled on.
         middlewares=[request_id_middleware, metrics_middleware(metrics), error_middleware(settings.max_body_bytes)],
     )
+    metrics.watch_cache(cache)
     app[METRICS] = metrics
     app[SETTINGS] = settings
     app[ENGINE] = engine

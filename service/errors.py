@@ -23,6 +23,7 @@ class ApiError(Exception):
 
     status = 400
     code = "bad_request"
+    close_connection = False  # True where the rest of the request cannot be trusted to arrive
 
     def __init__(self, message: str, field: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -37,6 +38,10 @@ class MalformedBody(ApiError):
 
 class InvalidField(ApiError):
     status, code = 422, "invalid_field"
+
+
+class BodyTimeout(ApiError):
+    status, code, close_connection = 408, "body_timeout", True
 
 
 class UnsupportedMediaType(ApiError):
@@ -88,7 +93,10 @@ def error_middleware(max_body_bytes: int) -> Callable[..., Awaitable[web.StreamR
         try:
             return await handler(request)
         except ApiError as exc:
-            return json_error(exc.status, exc.code, exc.message, exc.field, exc.headers)
+            response = json_error(exc.status, exc.code, exc.message, exc.field, exc.headers)
+            if exc.close_connection:
+                response.force_close()
+            return response
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise

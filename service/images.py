@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from engines.base import ImageEngine
-from service.admission import AdmissionQueue, InFlight
+from service.admission import AdmissionQueue, Deadline, InFlight
 from service.cache import ImageCache, content_key
 from service.imaging import encode_image
 from service.metrics import ServiceMetrics
@@ -64,12 +64,12 @@ class CachedImages:
         if cached is not None:
             self.metrics.cache_result("HIT")
             return ImageResult(cached, "HIT")
-        data, shared = await self._in_flight.run(key, lambda: self._make(job, key, deadline))
+        data, shared = await self._in_flight.run(key, lambda shared_deadline: self._make(job, key, shared_deadline), deadline)
         result = ImageResult(data, "SHARED" if shared else "MISS")
         self.metrics.cache_result(result.cache_status)
         return result
 
-    async def _make(self, job: ImageJob, key: str, deadline: float) -> bytes:
+    async def _make(self, job: ImageJob, key: str, deadline: Deadline) -> bytes:
         pixels = await self.admission.submit(job.generation, deadline)
         started = time.perf_counter()
         data = await asyncio.to_thread(encode_image, pixels, job.output_format)

@@ -3,14 +3,20 @@ the admission queue and the image images."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from service.admission import AdmissionObserver
+from service.cache import ImageCache
 
+# nginx's code for "client closed the request": the status label of a request whose client left.
+CLIENT_CLOSED = 499
 # Seconds: from a cache hit (sub-millisecond) to a full-size image on a CPU (tens of seconds).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120)
 
@@ -55,10 +61,31 @@ class ServiceMetrics(AdmissionObserver):
     def stage(self, name: str, seconds: float) -> None:
         self.stage_seconds.labels(name).observe(seconds)
 
+    def watch_cache(self, cache: ImageCache) -> None:
+        """Export the cache's own fault counts, read at scrape time (the cache exists before the app)."""
+        self.registry.register(_CacheCollector(cache))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
     content_type = CONTENT_TYPE_LATEST
+
+
+class _CacheCollector(Collector):
+    def __init__(self, cache: ImageCache) -> None:
+        self.cache = cache
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        enabled = GaugeMetricFamily("sdxl_cache_enabled", "1 if the image cache is in use, 0 if bypassed")
+        enabled.add_metric([], 1 if self.cache.enabled else 0)
+        faults = CounterMetricFamily(
+            "sdxl_cache_faults",
+            "Image cache faults: refused_not_raw_bytes, corrupt_entry, read_error, write_error, set_aside, bypassed, orphans_removed",
+            labels=["kind"],
+        )
+        for kind, count in sorted(self.cache.faults.snapshot().items()):
+            faults.add_metric([kind], count)
+        return [enabled, faults]
 
 
 def metrics_middleware(metrics: ServiceMetrics) -> Callable[..., Awaitable[web.StreamResponse]]:
@@ -74,6 +101,9 @@ def metrics_middleware(metrics: ServiceMetrics) -> Callable[..., Awaitable[web.S
             return response
         except web.HTTPException as exc:
             status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED  # the client went away: its own outcome, not a 500
             raise
         finally:
             resource = request.match_info.route.resource

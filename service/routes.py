@@ -11,7 +11,7 @@ from typing import Awaitable, TypeVar
 
 from aiohttp import web
 
-from service.errors import DeadlineExceeded, InvalidField, NotReady, UnsupportedMediaType
+from service.errors import BodyTimeout, DeadlineExceeded, InvalidField, NotReady, UnsupportedMediaType
 from service.openapi import openapi_spec
 from service.schema import ImageJob, decode_json_body, parse_generation_request, parse_openai_request
 from service.state import ADMISSION, ENGINE, IMAGES, LIMITS, METRICS, READINESS, SETTINGS
@@ -31,12 +31,21 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/", index)
 
 
-async def read_json(request: web.Request) -> object:
+async def read_json(request: web.Request, deadline: float) -> object:
+    """The JSON body, read within --body-timeout and the request's deadline (a half-sent body does
+    not hold the connection)."""
     if request.content_type != "application/json":
         raise UnsupportedMediaType(
             f"Content-Type must be application/json, got {request.content_type or 'nothing'}", "Content-Type"
         )
-    return decode_json_body(await request.read())  # over the size limit: aiohttp raises 413
+    loop = asyncio.get_running_loop()
+    limit = min(request.app[SETTINGS].body_timeout, deadline - loop.time())
+    try:
+        async with asyncio.timeout(limit):
+            raw = await request.read()  # over the size limit: aiohttp raises 413
+    except TimeoutError:
+        raise BodyTimeout(f"the request body did not arrive within {limit:.1f} s") from None
+    return decode_json_body(raw)
 
 
 def request_deadline(request: web.Request) -> float:
@@ -78,25 +87,38 @@ def require_ready(request: web.Request) -> None:
         raise NotReady(f"the model is not ready ({readiness.state})")
 
 
-async def within_deadline(awaitable: Awaitable[T], deadline: float) -> T:
-    """Await until the request's deadline; past it, 504 (the work itself may still fill the cache)."""
+async def within_deadline(request: web.Request, awaitable: Awaitable[T], deadline: float) -> T:
+    """Await until the request's deadline; past it, 504, counted as a deadline refusal (shared work
+    goes on for its other waiters and may still fill the cache)."""
     try:
         return await asyncio.wait_for(awaitable, deadline - asyncio.get_running_loop().time())
     except asyncio.TimeoutError:
+        request.app[METRICS].refused("deadline")
         raise DeadlineExceeded("the image was not ready before the request's deadline") from None
+
+
+async def all_or_none(awaitables: list[Awaitable[T]]) -> list[T]:
+    """Every result, or the first failure with the others cancelled (a batch refused with 429 does
+    not go on computing its siblings)."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 async def generate_image(request: web.Request) -> web.Response:
     require_ready(request)
     deadline = request_deadline(request)
-    job = parse_generation_request(await read_json(request), request.app[LIMITS], request.headers.get("Accept"))
+    job = parse_generation_request(await read_json(request, deadline), request.app[LIMITS], request.headers.get("Accept"))
     images = request.app[IMAGES]
     key = images.key(job)
     found = await images.lookup(job, key)
     headers = image_headers(request, job, key, found.truncated)
     if etag_matches(request.headers.get("If-None-Match"), headers["ETag"]):
         return web.Response(status=304, headers=headers)
-    result = await within_deadline(images.answer(job, key, deadline, found.cached), deadline)
+    result = await within_deadline(request, images.answer(job, key, deadline, found.cached), deadline)
     headers["X-Cache"] = result.cache_status
     return web.Response(body=result.data, content_type=job.media_type, headers=headers)
 
@@ -105,10 +127,10 @@ async def openai_generations(request: web.Request) -> web.Response:
     """The OpenAI Images API shape: n PNGs as base64 in one JSON answer."""
     require_ready(request)
     deadline = request_deadline(request)
-    jobs = parse_openai_request(await read_json(request), request.app[LIMITS])
+    jobs = parse_openai_request(await read_json(request, deadline), request.app[LIMITS])
     images = request.app[IMAGES]
     results = await within_deadline(
-        asyncio.gather(*(images.get(job, images.key(job), deadline) for job in jobs)), deadline
+        request, all_or_none([images.get(job, images.key(job), deadline) for job in jobs]), deadline
     )
     encoded = await asyncio.to_thread(lambda: [base64.b64encode(r.data).decode("ascii") for r in results])
     data = [{"b64_json": b64, "seed": job.generation.seed} for job, b64 in zip(jobs, encoded)]

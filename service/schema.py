@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +72,8 @@ def decode_json_body(raw: bytes) -> Any:
         return json.loads(raw.decode("utf-8"), parse_constant=reject_constant)
     except UnicodeDecodeError as exc:
         raise MalformedBody("the body is not UTF-8 text") from exc
+    except RecursionError:
+        raise MalformedBody("the body is not valid JSON: it is nested too deeply") from None
     except ValueError as exc:
         raise MalformedBody(f"the body is not valid JSON: {exc}") from exc
 
@@ -90,6 +93,10 @@ def _text(body: dict[str, Any], name: str, default: str | None, max_chars: int) 
     if not isinstance(value, str):
         raise InvalidField(f"{name} must be a string, got {_json_type(value)}", name)
     value = value.strip()
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # JSON's \ud800 escapes decode to lone surrogates
+        raise InvalidField(f"{name} must be Unicode text; it has a lone surrogate at character {exc.start}", name) from None
     if len(value) > max_chars:
         raise InvalidField(f"{name} must be at most {max_chars} characters, got {len(value)}", name)
     return value
@@ -167,7 +174,7 @@ def parse_generation_request(body: Any, limits: RequestLimits, accept: str | Non
 
     # 5. Output format: the field, else the Accept header.
     output_format = body.get("format", preferred_format(accept))
-    if output_format not in FORMATS:
+    if not isinstance(output_format, str) or output_format not in FORMATS:
         raise InvalidField(f"format must be one of {', '.join(FORMATS)}, got {output_format!r}", "format")
 
     # 6. Normalise what does not change the picture, so that it does not change the cache key:
@@ -196,6 +203,7 @@ def parse_generation_request(body: Any, limits: RequestLimits, accept: str | Non
 OPENAI_FIELDS = ("prompt", "n", "size", "response_format", "model", "user", "negative_prompt",
                  "num_inference_steps", "guidance_scale", "seed")
 MAX_IMAGES_PER_REQUEST = 4
+_SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
 
 
 def parse_openai_request(body: Any, limits: RequestLimits) -> list[ImageJob]:
@@ -217,9 +225,11 @@ def parse_openai_request(body: Any, limits: RequestLimits) -> list[ImageJob]:
         if name in body and not isinstance(body[name], str):
             raise InvalidField(f"{name} must be a string, got {_json_type(body[name])}", name)
     size = body.get("size", "512x512")
-    parts = size.split("x") if isinstance(size, str) else []
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
-        raise InvalidField(f"size must be WIDTHxHEIGHT such as 512x512, got {size!r}", "size")
+    # ASCII digits only: str.isdigit and int() also take "²" or "５".
+    match = _SIZE.fullmatch(size) if isinstance(size, str) else None
+    if match is None:
+        raise InvalidField(f"size must be WIDTHxHEIGHT in ASCII digits, such as 512x512, got {size!r}", "size")
+    parts = match.groups()
     fields = {k: body[k] for k in ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "seed") if k in body}
     first = parse_generation_request({**fields, "width": int(parts[0]), "height": int(parts[1])}, limits)
     seeds = [(first.generation.seed + i) % (SEED_MAX + 1) for i in range(count)]

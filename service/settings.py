@@ -50,6 +50,8 @@ class Settings:
     max_batch: int = 1
     batch_window_ms: float = 0.0
     request_timeout: float = 120.0
+    header_timeout: float = 15.0
+    body_timeout: float = 30.0
     shutdown_timeout: float = 30.0
     log_level: str = "INFO"
     log_format: str = "json"
@@ -111,6 +113,8 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "max_batch": (_bounded(int, 1, 64), "most requests run as one UNet batch (1: batching off)"),
     "batch_window_ms": (_bounded(float, 0, 10_000), "how long a batch waits to fill up"),
     "request_timeout": (_bounded(float, 0.1, 86_400), "seconds a request may take before 504"),
+    "header_timeout": (_bounded(float, 0.5, 3_600), "seconds a connection may stay idle or take to send its headers before it is closed"),
+    "body_timeout": (_bounded(float, 0.5, 3_600), "seconds a request may take to send its body before 408"),
     "shutdown_timeout": (_bounded(float, 0, 3_600), "seconds in-flight requests get to finish on SIGTERM"),
     "log_level": (_choice(("DEBUG", "INFO", "WARNING", "ERROR")), "logging level"),
     "log_format": (_choice(("json", "text")), "json: one object a line with the request id; text: for people"),

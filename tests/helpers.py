@@ -7,6 +7,7 @@ import http.client
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -174,3 +175,12 @@ def assert_same_picture(engine: Any, reference: Any, generation: Any, label: str
     largest, mean = pixel_difference(image, expected)
     print(f"{label} against float32 PyTorch on the same GPU: max {largest}, mean {mean:.3f}")
     assert mean < 4
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one series in the Prometheus text; a missing series fails the test (it is not 0)."""
+    label_text = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = r"^" + re.escape(name) + (r"\{" + re.escape(label_text) + r"\}" if labels else "") + r" ([0-9.e+-]+)$"
+    match = re.search(pattern, text, re.MULTILINE)
+    assert match, f"no series {name}{{{label_text}}} in /metrics:\n{text}"
+    return float(match.group(1))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import re
 import signal
 import threading
 import time
@@ -12,7 +11,7 @@ import time
 
 from service.state import ADMISSION, drain
 from tests.engines import ControlledEngine
-from tests.helpers import ServiceProcess, generate, request
+from tests.helpers import ServiceProcess, generate, metric, request
 
 
 def job(i: int, **extra) -> dict:
@@ -111,15 +110,6 @@ async def test_batches_only_group_requests_that_can_share_a_unet_call(make_clien
     assert grouped == [["request 1", "request 3"], ["request 2"], ["request 4"]]
 
 
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one series in the Prometheus text; a missing series fails the test (it is not 0)."""
-    label_text = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = r"^" + re.escape(name) + (r"\{" + re.escape(label_text) + r"\}" if labels else "") + r" ([0-9.e+-]+)$"
-    match = re.search(pattern, text, re.MULTILINE)
-    assert match, f"no series {name}{{{label_text}}} in /metrics:\n{text}"
-    return float(match.group(1))
-
-
 async def test_metrics_move_as_the_requests_say(make_client):
     engine = ControlledEngine()
     client = await make_client(engine)
@@ -154,14 +144,15 @@ async def test_drain_refuses_new_work_and_finishes_what_is_in_flight(make_client
 
 def test_sigterm_with_requests_in_flight_drains_and_exits_0(presets_dir, tmp_path):
     service = ServiceProcess(
-        ["--model", "tiny", "--presets-dir", str(presets_dir), "--cache-dir", str(tmp_path / "c"), "--max-steps", "4"]
+        ["--model", "tiny", "--presets-dir", str(presets_dir), "--cache-dir", str(tmp_path / "c"), "--max-steps", "4",
+         "--precision", "fp32", "--shutdown-timeout", "60"]
     )
     try:
         service.wait_ready()
-        slow = {"width": 1024, "height": 1024, "num_inference_steps": 4, "guidance_scale": 5.0}
+        slow = {"num_inference_steps": 4, "guidance_scale": 5.0}
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
             futures = [pool.submit(generate, service.base_url, job(i, **slow)) for i in range(3)]
-            time.sleep(0.5)  # all three are in the service now
+            time.sleep(1.0)  # all three are in the service now
             service.process.send_signal(signal.SIGTERM)
             replies = [f.result(timeout=120) for f in futures]
         assert [r.status for r in replies] == [200, 200, 200]
@@ -218,3 +209,84 @@ async def test_a_shared_computation_lives_while_any_of_its_waiters_does(make_cli
     assert reply.status == 200 and reply.headers["X-Cache"] == "SHARED"
     assert (await running).status == 200
     assert [r.prompt for batch in engine.calls for r in batch] == ["request 900", "request 7"]
+
+
+def test_sigterm_with_a_queue_longer_than_the_timeout_answers_503_and_exits_0_in_time(presets_dir, tmp_path):
+    """--shutdown-timeout 1 with 12 large requests queued: what did not finish is answered 503 and
+    the process exits 0 within the timeout plus a second or two (aiohttp's own 60 s does not apply)."""
+    service = ServiceProcess(
+        ["--model", "tiny", "--presets-dir", str(presets_dir), "--cache-dir", str(tmp_path / "c"),
+         "--shutdown-timeout", "1", "--precision", "fp32"]
+    )
+    try:
+        service.wait_ready()
+        slow = {"width": 1024, "height": 1024, "num_inference_steps": 4, "guidance_scale": 5.0}
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            futures = [pool.submit(generate, service.base_url, job(100 + i, **slow)) for i in range(12)]
+            time.sleep(1.0)  # all twelve are in the service now
+            signalled = time.monotonic()
+            service.process.send_signal(signal.SIGTERM)
+            code = service.process.wait(timeout=30)
+            exited_after = time.monotonic() - signalled
+            replies = [f.result(timeout=30) for f in futures]
+    finally:
+        service.stop()
+    assert code == 0, service.log()
+    assert exited_after < 1 + 2.5, f"exited {exited_after:.1f} s after SIGTERM"
+    statuses = [r.status for r in replies]
+    assert set(statuses) <= {200, 503} and statuses.count(503) >= 6, statuses
+    for reply in replies:
+        if reply.status == 503:
+            assert reply.json()["error"]["code"] == "not_ready" and "Retry-After" in {k.title() for k in reply.headers}
+
+
+async def test_coalesced_requests_each_keep_their_own_deadline(make_client):
+    """A (X-Request-Timeout 0.5) and B (identical, default deadline) share one computation: A gets
+    504, B its image; the work is not dropped for A's deadline."""
+    engine = ControlledEngine()
+    client = await make_client(engine)
+    running = await hold_engine_busy(client, engine)
+    a = asyncio.create_task(client.post("/generate-image", json=job(8), headers={"X-Request-Timeout": "0.5"}))
+    await wait_for_depth(client, 1)
+    b = asyncio.create_task(client.post("/generate-image", json=job(8)))
+    assert (await a).status == 504
+    await asyncio.sleep(0.7)  # past A's deadline, while the engine is still busy
+    engine.release.set()
+    reply = await b
+    assert reply.status == 200 and reply.headers["X-Cache"] == "SHARED"
+    assert (await running).status == 200
+    assert [r.prompt for batch in engine.calls for r in batch] == ["request 900", "request 8"]
+
+
+async def test_metrics_count_504s_as_deadline_refusals_and_disconnects_as_499(make_client):
+    engine = ControlledEngine()
+    client = await make_client(engine)
+    running = await hold_engine_busy(client, engine)
+    shared = asyncio.create_task(client.post("/generate-image", json=job(9)))
+    await wait_for_depth(client, 1)
+    # Joins the queued work (so the queue does not drop it); its own deadline fires in the route.
+    late = await client.post("/generate-image", json=job(9), headers={"X-Request-Timeout": "0.2"})
+    assert late.status == 504
+    gone = asyncio.create_task(client.post("/generate-image", json=job(10)))
+    await wait_for_depth(client, 2)
+    gone.cancel()
+    await wait_for_depth(client, 1)
+    engine.release.set()
+    assert (await running).status == 200 and (await shared).status == 200
+    text = await (await client.get("/metrics")).text()
+    assert metric(text, "sdxl_refused_requests_total", reason="deadline") == 1
+    assert metric(text, "sdxl_http_requests_total", route="/generate-image", status="499") == 1
+    assert "status=\"500\"" not in text
+
+
+async def test_an_openai_batch_refused_with_429_cancels_its_siblings(make_client):
+    engine = ControlledEngine()
+    client = await make_client(engine, max_queue=2)
+    running = await hold_engine_busy(client, engine)
+    reply = await client.post("/v1/images/generations", json={"prompt": "four cats", "n": 4})
+    assert reply.status == 429
+    await wait_for_depth(client, 0)  # the two that got in were cancelled with the refused ones
+    engine.release.set()
+    assert (await running).status == 200
+    await asyncio.sleep(0.2)
+    assert engine.requests_seen == 1
