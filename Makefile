@@ -17,7 +17,10 @@ PYTEST_ARGS ?=
 # 1 when this machine has an NVIDIA GPU (nvidia-smi lists one), else empty.
 GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: install serve test bench bench-quick engines gpu-install driver-check gpu-check gpu-check-torch gpu-wheels clean
+# The browser tests drive Debian's Chromium (Playwright's own browser download cannot run here).
+CHROMIUM := $(shell command -v chromium || command -v chromium-browser)
+
+.PHONY: browser install serve test bench bench-quick engines gpu-install driver-check gpu-check gpu-check-torch gpu-wheels clean
 
 # ---- the CPU environment ----------------------------------------------------------------------
 
@@ -56,6 +59,12 @@ gpu-install: driver-check $(GPU_STAMP)
 
 # ---- serve, test, engines ---------------------------------------------------------------------
 
+# Chromium for tests/test_page.py, from the system's packages (root, as in CI), when it is missing.
+browser:
+ifeq ($(CHROMIUM),)
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+endif
+
 ifeq ($(GPU),1)
 # TensorRT engines for this GPU, built once (minutes; build_engines.py logs its progress, and does
 # nothing when the manifest in ENGINE_DIR already matches this GPU, TensorRT and model).
@@ -67,7 +76,7 @@ endif
 	SDXL_MODEL=$(MODEL) SDXL_ENGINE=$(ENGINE) SDXL_ENGINE_DIR=$(ENGINE_DIR) SDXL_HOST=$(HOST) SDXL_PORT=$(PORT) $(PY_GPU) -m service
 
 # The CPU suite, then the gpu tier in the GPU environment.
-test: install gpu-install
+test: install gpu-install browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 	$(PY_GPU) -m pytest -m gpu $(PYTEST_ARGS)
 
@@ -77,7 +86,7 @@ else
 serve: install
 	SDXL_MODEL=$(MODEL) SDXL_ENGINE=$(ENGINE) SDXL_HOST=$(HOST) SDXL_PORT=$(PORT) $(PY) -m service
 
-test: install
+test: install browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 engines: install

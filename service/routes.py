@@ -16,7 +16,9 @@ from service.openapi import openapi_spec
 from service.schema import ImageJob, decode_json_body, parse_generation_request, parse_openai_request
 from service.state import ADMISSION, ENGINE, IMAGES, LIMITS, METRICS, READINESS, SETTINGS
 
-INDEX_PAGE = (Path(__file__).with_name("static") / "index.html").read_text()
+STATIC = Path(__file__).with_name("static")
+INDEX_PAGE = (STATIC / "index.html").read_text()
+FAVICON = (STATIC / "favicon.svg").read_bytes()
 TIMEOUT_HEADER = "X-Request-Timeout"
 T = TypeVar("T")
 
@@ -29,6 +31,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", index)
+    app.router.add_get("/favicon.ico", favicon)
+    app.router.add_static("/static", STATIC)
 
 
 async def read_json(request: web.Request, deadline: float) -> object:
@@ -170,3 +174,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def index(request: web.Request) -> web.Response:
     return web.Response(text=INDEX_PAGE, content_type="text/html")
+
+
+async def favicon(request: web.Request) -> web.Response:
+    """An SVG icon: browsers ask /favicon.ico whatever the page links, and take SVG from it."""
+    return web.Response(body=FAVICON, content_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})

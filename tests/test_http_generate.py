@@ -120,7 +120,8 @@ def test_identical_concurrent_requests_are_computed_once(tiny_service):
 
 def test_index_page_and_health(tiny_service):
     page = request(tiny_service.base_url, "GET", "/")
-    assert page.status == 200 and b"/generate-image" in page.body
+    assert page.status == 200 and b'<script src="/static/app.js">' in page.body
+    assert b"/generate-image" in request(tiny_service.base_url, "GET", "/static/app.js").body
     assert request(tiny_service.base_url, "GET", "/healthz").json() == {"status": "ok"}
     ready = request(tiny_service.base_url, "GET", "/readyz").json()
     assert ready["ready"] is True and ready["engine"].startswith("torch-") and ready["model"].startswith("preset:tiny")
