@@ -12,6 +12,7 @@ from typing import Sequence
 from aiohttp import web
 
 from engines.base import EngineUnavailable
+from service.auth import ApiKeys
 from service.app import create_app
 from service.cache import ImageCache
 from service.logs import configure_logging
@@ -56,6 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        api_keys = None if settings.api_keys_file is None else ApiKeys.read(settings.api_keys_file)
+    except ValueError as exc:
+        print(f"error: --api-keys-file {settings.api_keys_file}: {exc}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.log_format)
     # Imported only now: the engine factory pulls in torch (seconds), and a bad flag is refused before that.
     from engines.select import EngineRequest, select_engine
@@ -76,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     cache = ImageCache(settings.cache_dir, settings.cache_size)  # never raises: a broken cache is bypassed
-    app = create_app(settings, engine, cache)
+    app = create_app(settings, engine, cache, api_keys)
     code = asyncio.run(serve(app, settings))
     if not app[ADMISSION].engine_idle:
         # A model call outlived --shutdown-timeout and the grace after it. Its thread cannot be

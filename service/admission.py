@@ -22,6 +22,7 @@ from typing import Awaitable, Callable, Generic, TypeVar
 import numpy as np
 
 from engines.base import GenerationRequest, ImageEngine
+from service.auth import current_key_id
 from service.errors import DeadlineExceeded, NotReady, Overloaded
 
 logger = logging.getLogger(__name__)
@@ -39,12 +40,24 @@ class Deadline:
         self.at = max(self.at, at)
 
 
+def request_cost(request: GenerationRequest) -> float:
+    """What a request costs the model, in units of one 512x512, 1-step image without guidance: pixels
+    x steps, twice under classifier-free guidance. A 1024x1024, 4-step, guided request costs 32."""
+    pixels = request.width * request.height / (512 * 512)
+    return pixels * request.num_inference_steps * (2 if request.uses_guidance else 1)
+
+
 @dataclass(eq=False)
 class _Job:
     request: GenerationRequest
     future: asyncio.Future[np.ndarray]
     deadline: Deadline
+    owner: str | None = None  # the API key id that queued it (None: keys are off)
     enqueued: float = field(default_factory=time.monotonic)
+
+    @property
+    def cost(self) -> float:
+        return request_cost(self.request)
 
 
 class DaemonThreadExecutor(Executor):
@@ -107,9 +120,11 @@ class AdmissionQueue:
         max_batch: int = 1,
         batch_window_s: float = 0.0,
         observer: AdmissionObserver | None = None,
+        max_queue_share: float = 1.0,
     ) -> None:
         self.engine = engine
-        self.max_queue = max_queue
+        self.max_queue = max_queue  # in request_cost units: 32 plain 512x512 images, or one 1024x1024 4-step guided one
+        self.max_queue_share = max_queue_share  # of max_queue, per API key
         self.max_batch = max(1, min(max_batch, engine.limits.max_batch))
         self.batch_window_s = batch_window_s if self.max_batch > 1 else 0.0
         self.observer = observer or AdmissionObserver()
@@ -119,7 +134,7 @@ class AdmissionQueue:
         self._executor = DaemonThreadExecutor("engine")
         self._worker: asyncio.Task[None] | None = None
         self._accepting = True
-        self._seconds_per_image: float | None = None  # moving average of measured batches
+        self._seconds_per_unit: float | None = None  # moving average of measured batches, per request_cost unit
 
     # --- the engine's thread, also used to load and warm up -------------------------------------
 
@@ -142,19 +157,32 @@ class AdmissionQueue:
     def busy(self) -> int:
         return len(self._pending) + len(self._running)
 
-    def retry_after(self) -> float:
-        per_image = self._seconds_per_image or 1.0
-        return (len(self._pending) + len(self._running)) * per_image / self.max_batch
+    def retry_after(self, jobs: list[_Job] | None = None) -> float:
+        """Seconds until `jobs` (by default everything queued and running) are done, by their cost."""
+        jobs = self._pending + self._running if jobs is None else jobs
+        per_unit = self._seconds_per_unit or 1.0
+        return sum(job.cost for job in jobs) * per_unit / self.max_batch
 
     async def submit(self, request: GenerationRequest, deadline: Deadline) -> np.ndarray:
-        """Queue a request and wait for its image; raises Overloaded, NotReady or DeadlineExceeded."""
+        """Queue a request and wait for its image; raises Overloaded, NotReady or DeadlineExceeded.
+
+        The queue holds at most max_queue cost units (an empty queue takes any one request); with API
+        keys, one key holds at most max_queue_share of them, so one client cannot starve the rest."""
         if not self._accepting:
             self.observer.refused("draining")
             raise NotReady("the service is shutting down; retry on another replica")
-        if len(self._pending) >= self.max_queue:
+        cost, owner = request_cost(request), current_key_id.get()
+        if self._pending and sum(job.cost for job in self._pending) + cost > self.max_queue:
             self.observer.refused("queue_full")
-            raise Overloaded(f"the queue is full ({self.max_queue} requests waiting); retry later", self.retry_after())
-        job = _Job(request, asyncio.get_running_loop().create_future(), deadline)
+            raise Overloaded(f"the queue is full ({self.max_queue} images' worth waiting); retry later", self.retry_after())
+        owned = [job for job in self._pending if owner is not None and job.owner == owner]
+        if owned and sum(job.cost for job in owned) + cost > self.max_queue_share * self.max_queue:
+            self.observer.refused("key_share")
+            raise Overloaded(
+                f"this API key already holds its share of the queue ({self.max_queue_share:.0%}); retry later",
+                self.retry_after(owned + self._running),
+            )
+        job = _Job(request, asyncio.get_running_loop().create_future(), deadline, owner)
         self._pending.append(job)
         self.observer.queued(len(self._pending))
         self._wakeup.set()
@@ -227,8 +255,8 @@ class AdmissionQueue:
         finally:
             self._running = []
         seconds = time.monotonic() - started
-        per_image = seconds / len(batch)
-        self._seconds_per_image = per_image if self._seconds_per_image is None else 0.8 * self._seconds_per_image + 0.2 * per_image
+        per_unit = seconds / sum(job.cost for job in batch)
+        self._seconds_per_unit = per_unit if self._seconds_per_unit is None else 0.8 * self._seconds_per_unit + 0.2 * per_unit
         self.observer.batch_done(len(batch), [started - job.enqueued for job in batch], stages)
         for job, image in zip(batch, images):
             if not job.future.done():

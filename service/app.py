@@ -17,6 +17,7 @@ from aiohttp import web
 
 from engines.base import ImageEngine
 from service.admission import AdmissionQueue
+from service.auth import ApiKeys, auth_middleware
 from service.cache import ImageCache
 from service.errors import REQUEST_ID_HEADER, REQUEST_ID_KEY, error_middleware
 from service.images import CachedImages
@@ -79,13 +80,15 @@ async def _cache_context(app: web.Application) -> AsyncIterator[None]:
     await asyncio.to_thread(app[CACHE].close)
 
 
-def create_app(settings: Settings, engine: ImageEngine, cache: ImageCache) -> web.Application:
+def create_app(settings: Settings, engine: ImageEngine, cache: ImageCache, api_keys: ApiKeys | None = None) -> web.Application:
+    """`api_keys`: the keys read from --api-keys-file; None leaves the service open."""
     metrics = ServiceMetrics()
-    app = web.Application(
-        client_max_size=settings.max_body_bytes,
-        # Outermost first: the metrics see the status the error middleware settled on.
-        middlewares=[request_id_middleware, metrics_middleware(metrics), error_middleware(settings.max_body_bytes)],
-    )
+    # Outermost first: the metrics see the status the error middleware settled on, which turns a
+    # refused key into its JSON 401.
+    middlewares = [request_id_middleware, metrics_middleware(metrics), error_middleware(settings.max_body_bytes)]
+    if api_keys is not None:
+        middlewares.append(auth_middleware(api_keys, settings.metrics_require_key))
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=middlewares)
     metrics.watch_cache(cache)
     app[METRICS] = metrics
     app[SETTINGS] = settings
@@ -101,6 +104,7 @@ def create_app(settings: Settings, engine: ImageEngine, cache: ImageCache) -> we
         max_batch=settings.max_batch,
         batch_window_s=settings.batch_window_ms / 1000,
         observer=metrics,
+        max_queue_share=settings.max_queue_share if api_keys is not None else 1.0,
     )
     app[IMAGES] = CachedImages(engine, cache, app[ADMISSION], metrics)
     # Cleanup runs in reverse: the engine stops before the cache closes.

@@ -10,6 +10,7 @@ import time
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp import web
 
+from service.auth import current_key_id
 from service.errors import REQUEST_ID_KEY
 
 # Set by the request-id middleware; read by the formatter for every record logged while serving.
@@ -27,6 +28,9 @@ class JsonFormatter(logging.Formatter):
         request_id = getattr(record, "request_id", None) or current_request_id.get()
         if request_id:
             entry["request_id"] = request_id
+        key_id = current_key_id.get()
+        if key_id:
+            entry["key_id"] = key_id
         for name in ("method", "path", "status", "duration_ms"):
             if hasattr(record, name):
                 entry[name] = getattr(record, name)

@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from service.admission import AdmissionObserver
+from service.auth import current_key_id
 from service.cache import ImageCache
 
 # nginx's code for "client closed the request": the status label of a request whose client left.
@@ -26,6 +27,8 @@ class ServiceMetrics(AdmissionObserver):
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("sdxl_http_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
+        # Only with API keys: the short key id (never the key), so one client's traffic can be told apart.
+        self.requests_by_key = Counter("sdxl_key_requests", "HTTP requests by API key id and status", ["key", "status"], registry=r)
         self.cache = Counter("sdxl_cache_lookups", "Image cache lookups by result", ["result"], registry=r)
         self.queue_depth = Gauge("sdxl_queue_depth", "Requests waiting for the model", registry=r)
         self.refusals = Counter("sdxl_refused_requests", "Requests refused or dropped by the admission queue", ["reason"], registry=r)
@@ -109,6 +112,9 @@ def metrics_middleware(metrics: ServiceMetrics) -> Callable[..., Awaitable[web.S
             resource = request.match_info.route.resource
             route = resource.canonical if resource is not None else "unmatched"
             metrics.requests.labels(route, str(status)).inc()
+            key_id = current_key_id.get()
+            if key_id is not None:
+                metrics.requests_by_key.labels(key_id, str(status)).inc()
             if route == "/generate-image":
                 metrics.stage("request", time.perf_counter() - started)
 

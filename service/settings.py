@@ -55,6 +55,9 @@ class Settings:
     shutdown_timeout: float = 30.0
     log_level: str = "INFO"
     log_format: str = "json"
+    api_keys_file: Path | None = None
+    metrics_require_key: bool = False
+    max_queue_share: float = 0.5
 
 
 def parse_size(text: str) -> int:
@@ -87,6 +90,12 @@ def _bounded(kind: Callable[[str], Any], low: float, high: float) -> Callable[[s
     return parse
 
 
+def _flag(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError("must be true or false")
+    return text.lower() in ("true", "1", "yes")
+
+
 def _nonempty(text: str) -> str:
     if not text.strip():
         raise ValueError("must not be empty")
@@ -109,7 +118,7 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "max_body_bytes": (_bounded(int, 1024, 16 * 1024**2), "largest request body accepted"),
     "max_prompt_chars": (_bounded(int, 1, 100_000), "longest prompt accepted, in characters"),
     "max_steps": (_bounded(int, 1, 50), "most inference steps a request may ask for"),
-    "max_queue": (_bounded(int, 1, 100_000), "requests waiting for the model before new ones get 429"),
+    "max_queue": (_bounded(int, 1, 100_000), "work waiting for the model before new requests get 429, in 512x512 1-step images (a request counts pixels x steps x 2 with guidance)"),
     "max_batch": (_bounded(int, 1, 64), "most requests run as one UNet batch (1: batching off)"),
     "batch_window_ms": (_bounded(float, 0, 10_000), "how long a batch waits to fill up"),
     "request_timeout": (_bounded(float, 0.1, 86_400), "seconds a request may take before 504"),
@@ -118,6 +127,9 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "shutdown_timeout": (_bounded(float, 0, 3_600), "seconds in-flight requests get to finish on SIGTERM"),
     "log_level": (_choice(("DEBUG", "INFO", "WARNING", "ERROR")), "logging level"),
     "log_format": (_choice(("json", "text")), "json: one object a line with the request id; text: for people"),
+    "api_keys_file": (Path, "file of API keys, one per line: with it, every route but the probes, the page and /openapi.json needs a key"),
+    "metrics_require_key": (_flag, "true: /metrics needs an API key too (by default it is open for the scraper)"),
+    "max_queue_share": (_bounded(float, 0.01, 1), "with API keys: the largest share of the queue one key may hold"),
 }
 
 

@@ -47,12 +47,13 @@ def make_client(aiohttp_client, tmp_path: Path):
 
     made = []
 
-    async def make(engine, **settings_overrides):
+    async def make(engine, api_keys=None, **settings_overrides):
         # The first app's cache is tmp_path/"cache"; later ones in the same test get their own.
         cache_dir = tmp_path / ("cache" if not made else f"cache-{len(made)}")
         made.append(engine)
         settings = Settings(**{"model": "test", "cache_dir": cache_dir, **settings_overrides})
-        client = await aiohttp_client(create_app(settings, engine, ImageCache(settings.cache_dir, settings.cache_size)))
+        app = create_app(settings, engine, ImageCache(settings.cache_dir, settings.cache_size), api_keys)
+        client = await aiohttp_client(app)
         for _ in range(200):
             if (await client.get("/readyz")).status == 200:
                 return client
