@@ -34,6 +34,7 @@ class EngineRequest:
     precision: str = "auto"
     presets_dir: Path | None = None
     vae: str = "full"  # full | tiny (the tiny autoencoder: torch and openvino engines)
+    revision: str | None = None  # a hub model's commit, tag or branch
 
 
 # --- the machine --------------------------------------------------------------------------------------
@@ -101,7 +102,7 @@ def tensorrt_candidate(request: EngineRequest) -> Candidate:
         return str(exc)
     from engines.backends.tensorrt_engine import TensorRTEngine
 
-    return TensorRTEngine(request.model, request.engine_dir, manifest, request.presets_dir)
+    return TensorRTEngine(request.model, request.engine_dir, manifest, request.presets_dir, revision=request.revision)
 
 
 def onnxruntime_candidate(request: EngineRequest) -> Candidate:
@@ -117,7 +118,7 @@ def onnxruntime_candidate(request: EngineRequest) -> Candidate:
     from engines.backends.onnxruntime_engine import OnnxRuntimeEngine
 
     return OnnxRuntimeEngine(
-        request.model, request.engine_dir, manifest, request.device, request.precision, request.presets_dir
+        request.model, request.engine_dir, manifest, request.device, request.precision, request.presets_dir, revision=request.revision
     )
 
 
@@ -144,7 +145,7 @@ def openvino_candidate(request: EngineRequest) -> Candidate:
     from engines.backends.openvino_engine import OpenVINOEngine
 
     return OpenVINOEngine(
-        request.model, request.engine_dir, manifest, request.precision, request.presets_dir, vae=request.vae
+        request.model, request.engine_dir, manifest, request.precision, request.presets_dir, vae=request.vae, revision=request.revision
     )
 
 
@@ -158,7 +159,7 @@ CANDIDATES: dict[str, Callable[[EngineRequest], Candidate]] = {
 def _torch(request: EngineRequest) -> ImageEngine:
     from engines.backends.torch_engine import TorchEngine
 
-    return TorchEngine(request.model, request.device, request.precision, request.presets_dir, vae=request.vae)
+    return TorchEngine(request.model, request.device, request.precision, request.presets_dir, vae=request.vae, revision=request.revision)
 
 
 # --- the choice -----------------------------------------------------------------------------------------

@@ -57,7 +57,10 @@ async def _load_and_warm_up(app: web.Application) -> None:
         readiness.stop.set()
         return
     readiness.state, readiness.detail = "ready", ""
-    logger.info("ready: engine %s, model %s", engine.info.name, engine.info.model_fingerprint)
+    settings = app[SETTINGS]
+    logger.info(
+        "ready on http://%s:%s: engine %s, model %s", settings.host, settings.port, engine.info.name, engine.info.model_fingerprint
+    )
 
 
 async def _engine_context(app: web.Application) -> AsyncIterator[None]:

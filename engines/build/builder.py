@@ -56,6 +56,7 @@ class BuildRequest:
     force: bool = False
     optimization_level: int = 3
     presets_dir: Path | None = None
+    revision: str | None = None  # a hub model's commit, tag or branch
     tolerance: float = 1e-2  # largest relative error of an ONNX graph against torch
 
 
@@ -121,7 +122,7 @@ class _Model:
     def components(self) -> SDXLComponents:
         logger.info("loading %s in float32", self.request.model)
         try:
-            components = load_components(self.request.model, torch.float32, self.request.presets_dir)
+            components = load_components(self.request.model, torch.float32, self.request.presets_dir, revision=self.request.revision)
         except EngineUnavailable as exc:
             raise BuildError(str(exc)) from exc
         # Nothing is built from the text encoders (3 GB in float32 for SDXL): free them before the
@@ -197,7 +198,7 @@ def build(request: BuildRequest) -> BuildReport:
     previous = _previous_manifest(request.out)
     model = _Model(request)
     try:
-        fingerprint = model_fingerprint(request.model)
+        fingerprint = model_fingerprint(request.model, request.revision)
     except EngineUnavailable as exc:
         raise BuildError(str(exc)) from exc
     same_model = previous is not None and previous.fingerprint == fingerprint and previous.model == request.model
