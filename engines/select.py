@@ -15,6 +15,8 @@ from typing import Callable, Union
 
 from engines.base import EngineUnavailable, ImageEngine
 from engines.core.driver import driver_problem, nvidia_driver_version
+from engines.core.engine import PipelineEngine
+from engines.core.golden import GoldenImage
 from engines.core.hardware import GpuInfo, cuda_gpu
 from engines.core.specs import COMPILED_COMPONENTS
 from engines.manifest import ArtefactKind, Manifest, ManifestError
@@ -78,6 +80,15 @@ def _check_model_and_files(request: EngineRequest, manifest: Manifest, kind: Art
     manifest.verify_files(request.engine_dir, kind)
 
 
+def with_golden(engine: PipelineEngine, manifest: Manifest) -> PipelineEngine:
+    """Give a built engine the golden image its build recorded for its numerics, to check at warm-up."""
+    recorded = manifest.golden.get(engine.info.name)
+    engine.golden = None if recorded is None else GoldenImage.from_json(recorded)
+    if recorded is None:
+        logger.info("self-test: the build recorded no image for %s; the warm-up checks only for a broken image", engine.info.name)
+    return engine
+
+
 TINY_VAE_ENGINES = "--vae tiny runs on the torch and openvino engines"
 
 
@@ -102,7 +113,7 @@ def tensorrt_candidate(request: EngineRequest) -> Candidate:
         return str(exc)
     from engines.backends.tensorrt_engine import TensorRTEngine
 
-    return TensorRTEngine(request.model, request.engine_dir, manifest, request.presets_dir, revision=request.revision)
+    return with_golden(TensorRTEngine(request.model, request.engine_dir, manifest, request.presets_dir, revision=request.revision), manifest)
 
 
 def onnxruntime_candidate(request: EngineRequest) -> Candidate:
@@ -117,9 +128,9 @@ def onnxruntime_candidate(request: EngineRequest) -> Candidate:
         return str(exc)
     from engines.backends.onnxruntime_engine import OnnxRuntimeEngine
 
-    return OnnxRuntimeEngine(
+    return with_golden(OnnxRuntimeEngine(
         request.model, request.engine_dir, manifest, request.device, request.precision, request.presets_dir, revision=request.revision
-    )
+    ), manifest)
 
 
 def probe_openvino() -> str | None:
@@ -144,9 +155,9 @@ def openvino_candidate(request: EngineRequest) -> Candidate:
         return str(exc)
     from engines.backends.openvino_engine import OpenVINOEngine
 
-    return OpenVINOEngine(
+    return with_golden(OpenVINOEngine(
         request.model, request.engine_dir, manifest, request.precision, request.presets_dir, vae=request.vae, revision=request.revision
-    )
+    ), manifest)
 
 
 CANDIDATES: dict[str, Callable[[EngineRequest], Candidate]] = {
