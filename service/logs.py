@@ -48,7 +48,7 @@ class AccessLogger(AbstractAccessLogger):
     """One line per request, with its id, status and duration."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        level = logging.DEBUG if request.path in QUIET_PATHS and response.status < 500 else logging.INFO
+        level = logging.DEBUG if request.path in QUIET_PATHS else logging.INFO
         self.logger.log(
             level,
             "%s %s %s",
