@@ -21,6 +21,7 @@ from engines.core.hardware import GpuInfo, cuda_gpu
 from engines.core.specs import COMPILED_COMPONENTS
 from engines.manifest import ArtefactKind, Manifest, ManifestError
 from engines.models.presets import known_fingerprint
+from engines.models.sources import prepare_model  # noqa: F401 - the service's door to it (imports run one way)
 
 logger = logging.getLogger(__name__)
 

@@ -61,8 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f" at revision {settings.revision}" if settings.revision else "", settings.engine, log_format)
     # Imported only now: the engine factory pulls in torch (seconds), and a bad flag is refused before that.
     started = time.perf_counter()
-    from engines.models.sources import prepare_model
-    from engines.select import EngineRequest, select_engine
+    from engines.select import EngineRequest, prepare_model, select_engine
 
     logger.info("imported torch and diffusers, %.1f s", time.perf_counter() - started)
     try:
