@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export SDXL Turbo's UNet and VAE decoder: ONNX and TensorRT plans for this GPU, or OpenVINO IR for the CPU.",
     )
     parser.add_argument("--model", default=DEFAULT_MODEL, help="tiny | sdxl-random | a hub id | a local pipeline directory")
+    parser.add_argument(
+        "--revision", help="a hub model's commit, tag or branch (default: main); the manifest records the commit it resolves to"
+    )
     parser.add_argument("--out", type=Path, default=Path("build/engines"), help="where the files and manifest.json go")
     parser.add_argument("--precision", choices=BUILD_PRECISIONS, default="fp16", help="the UNet's TensorRT precision (the VAE is never fp16)")
     parser.add_argument("--batch", type=parse_batch, default=(1, 1), help="requests per batch: N or MIN-MAX (default 1)")
@@ -95,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             force=args.force,
             optimization_level=args.opt_level,
             presets_dir=args.presets_dir,
+            revision=args.revision,
         )
     except ValueError as exc:
         parser.error(str(exc))

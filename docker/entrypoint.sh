@@ -57,6 +57,9 @@ case $job in
         if [ -n "${SDXL_MODEL:-}" ] && ! has_flag --model "$@"; then
             set -- --model "$SDXL_MODEL" "$@"
         fi
+        if [ -n "${SDXL_REVISION:-}" ] && ! has_flag --revision "$@"; then
+            set -- --revision "$SDXL_REVISION" "$@"
+        fi
         check_driver
         exec python -m build_engines "$@"
         ;;

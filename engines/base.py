@@ -85,6 +85,10 @@ class EngineUnavailable(EngineError):
     """The engine asked for cannot run on this machine (raised at start-up, never per request)."""
 
 
+class SelfTestFailed(EngineError):
+    """The warm-up image shows a broken engine (not the image its build recorded, flat, non-finite)."""
+
+
 class ImageEngine(abc.ABC):
     """Life cycle: `load()` once, `warm_up()` once, `generate()` many times, `close()` once.
 

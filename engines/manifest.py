@@ -67,6 +67,8 @@ class Manifest:
     gpu: GpuInfo | None = None  # where the plans were built; None for an ONNX-only build
     cpu: dict[str, Any] | None = None  # a --target cpu build: the processor's features that decide numerics
     components: dict[str, ComponentEntry] = field(default_factory=dict)
+    # engine name -> the golden image that engine made right after the build (engines/core/golden.py)
+    golden: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     # --- files --------------------------------------------------------------------------------------
 
@@ -85,6 +87,7 @@ class Manifest:
             "components": {
                 name: {kind: artefact(c.artefact(kind)) for kind in BUILD_FLAGS} for name, c in self.components.items()
             },
+            "golden": self.golden,
         }
 
     @classmethod
@@ -106,6 +109,7 @@ class Manifest:
                 )
                 for name, entry in data["components"].items()
             },
+            golden=dict(data.get("golden") or {}),
         )
 
     def write(self, directory: Path) -> None:

@@ -15,10 +15,13 @@ from typing import Callable, Union
 
 from engines.base import EngineUnavailable, ImageEngine
 from engines.core.driver import driver_problem, nvidia_driver_version
+from engines.core.engine import PipelineEngine
+from engines.core.golden import GoldenImage
 from engines.core.hardware import GpuInfo, cuda_gpu
 from engines.core.specs import COMPILED_COMPONENTS
 from engines.manifest import ArtefactKind, Manifest, ManifestError
 from engines.models.presets import known_fingerprint
+from engines.models.sources import prepare_model  # noqa: F401 - the service's door to it (imports run one way)
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +37,7 @@ class EngineRequest:
     precision: str = "auto"
     presets_dir: Path | None = None
     vae: str = "full"  # full | tiny (the tiny autoencoder: torch and openvino engines)
+    revision: str | None = None  # a hub model's commit, tag or branch
 
 
 # --- the machine --------------------------------------------------------------------------------------
@@ -77,6 +81,15 @@ def _check_model_and_files(request: EngineRequest, manifest: Manifest, kind: Art
     manifest.verify_files(request.engine_dir, kind)
 
 
+def with_golden(engine: PipelineEngine, manifest: Manifest) -> PipelineEngine:
+    """Give a built engine the golden image its build recorded for its numerics, to check at warm-up."""
+    recorded = manifest.golden.get(engine.info.name)
+    engine.golden = None if recorded is None else GoldenImage.from_json(recorded)
+    if recorded is None:
+        logger.info("self-test: the build recorded no image for %s; the warm-up checks only for a broken image", engine.info.name)
+    return engine
+
+
 TINY_VAE_ENGINES = "--vae tiny runs on the torch and openvino engines"
 
 
@@ -101,7 +114,7 @@ def tensorrt_candidate(request: EngineRequest) -> Candidate:
         return str(exc)
     from engines.backends.tensorrt_engine import TensorRTEngine
 
-    return TensorRTEngine(request.model, request.engine_dir, manifest, request.presets_dir)
+    return with_golden(TensorRTEngine(request.model, request.engine_dir, manifest, request.presets_dir, revision=request.revision), manifest)
 
 
 def onnxruntime_candidate(request: EngineRequest) -> Candidate:
@@ -116,9 +129,9 @@ def onnxruntime_candidate(request: EngineRequest) -> Candidate:
         return str(exc)
     from engines.backends.onnxruntime_engine import OnnxRuntimeEngine
 
-    return OnnxRuntimeEngine(
-        request.model, request.engine_dir, manifest, request.device, request.precision, request.presets_dir
-    )
+    return with_golden(OnnxRuntimeEngine(
+        request.model, request.engine_dir, manifest, request.device, request.precision, request.presets_dir, revision=request.revision
+    ), manifest)
 
 
 def probe_openvino() -> str | None:
@@ -143,9 +156,9 @@ def openvino_candidate(request: EngineRequest) -> Candidate:
         return str(exc)
     from engines.backends.openvino_engine import OpenVINOEngine
 
-    return OpenVINOEngine(
-        request.model, request.engine_dir, manifest, request.precision, request.presets_dir, vae=request.vae
-    )
+    return with_golden(OpenVINOEngine(
+        request.model, request.engine_dir, manifest, request.precision, request.presets_dir, vae=request.vae, revision=request.revision
+    ), manifest)
 
 
 CANDIDATES: dict[str, Callable[[EngineRequest], Candidate]] = {
@@ -158,7 +171,7 @@ CANDIDATES: dict[str, Callable[[EngineRequest], Candidate]] = {
 def _torch(request: EngineRequest) -> ImageEngine:
     from engines.backends.torch_engine import TorchEngine
 
-    return TorchEngine(request.model, request.device, request.precision, request.presets_dir, vae=request.vae)
+    return TorchEngine(request.model, request.device, request.precision, request.presets_dir, vae=request.vae, revision=request.revision)
 
 
 # --- the choice -----------------------------------------------------------------------------------------

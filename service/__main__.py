@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from typing import Sequence
 
 from aiohttp import web
@@ -35,7 +36,7 @@ async def serve(app: web.Application, settings: Settings) -> int:
         logger.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc)
         await runner.cleanup()
         return 1
-    logger.info("listening on http://%s:%s", settings.host, settings.port)
+    logger.info("listening on http://%s:%s (/healthz answers now; /readyz once the model is loaded and warmed up)", settings.host, settings.port)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, readiness.stop.set)
@@ -62,11 +63,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: --api-keys-file {settings.api_keys_file}: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
+    log_format = configure_logging(settings.log_level, settings.log_format)
+    logger.info("starting: model %s%s, engine %s, logs as %s", settings.model,
+                f" at revision {settings.revision}" if settings.revision else "", settings.engine, log_format)
     # Imported only now: the engine factory pulls in torch (seconds), and a bad flag is refused before that.
-    from engines.select import EngineRequest, select_engine
+    started = time.perf_counter()
+    from engines.select import EngineRequest, prepare_model, select_engine
 
+    logger.info("imported torch and diffusers, %.1f s", time.perf_counter() - started)
     try:
+        # Before listening: a missing or unreachable model ends here, in one line, with exit 2.
+        prepared = prepare_model(settings.model, settings.revision, settings.presets_dir)
         engine = select_engine(
             EngineRequest(
                 engine=settings.engine,
@@ -76,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 precision=settings.precision,
                 presets_dir=settings.presets_dir,
                 vae=settings.vae,
+                revision=prepared.revision,  # the commit resolved now, so the load reads exactly it
             )
         )
     except EngineUnavailable as exc:

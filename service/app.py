@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 import uuid
 from typing import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from engines.base import ImageEngine
+from engines.base import EngineUnavailable, ImageEngine, SelfTestFailed
 from service.admission import AdmissionQueue
 from service.auth import ApiKeys, auth_middleware
 from service.cache import ImageCache
@@ -49,16 +50,36 @@ async def request_id_middleware(
 async def _load_and_warm_up(app: web.Application) -> None:
     engine, admission, readiness = app[ENGINE], app[ADMISSION], app[READINESS]
     try:
+        started = time.perf_counter()
+        logger.info("loading the model into %s", engine.info.name)
         await admission.call_engine(engine.load)
+        logger.info("loaded, %.1f s; warming up: one image, checked against the build's (self-test)", time.perf_counter() - started)
         readiness.state, readiness.detail = "warming_up", "making one warm-up image"
+        started = time.perf_counter()
         await admission.call_engine(engine.warm_up)
+        logger.info("warm-up image made and checked, %.1f s", time.perf_counter() - started)
+    except SelfTestFailed as exc:
+        # Kept running, not ready: /readyz says why, the metric alerts, and nobody gets broken images.
+        logger.error("self-test failed, not ready: %s", exc)
+        readiness.state, readiness.detail = "self_test_failed", str(exc)
+        app[METRICS].self_test.set(0)
+        return
+    except EngineUnavailable as exc:  # a refusal with its reason: one line, no traceback
+        logger.error("the engine %s could not start: %s", engine.info.name, exc)
+        readiness.state, readiness.detail = "failed", str(exc)
+        readiness.stop.set()
+        return
     except Exception as exc:
         logger.exception("the engine %s could not start", engine.info.name)
         readiness.state, readiness.detail = "failed", f"{exc.__class__.__name__}: {exc}"
         readiness.stop.set()
         return
     readiness.state, readiness.detail = "ready", ""
-    logger.info("ready: engine %s, model %s", engine.info.name, engine.info.model_fingerprint)
+    app[METRICS].self_test.set(1)
+    settings = app[SETTINGS]
+    logger.info(
+        "ready on http://%s:%s: engine %s, model %s", settings.host, settings.port, engine.info.name, engine.info.model_fingerprint
+    )
 
 
 async def _engine_context(app: web.Application) -> AsyncIterator[None]:

@@ -1,10 +1,13 @@
-"""Structured logs: one JSON object a line, with the request id of the request being served."""
+"""Logs: text for a person at a terminal, one JSON object a line for a collector, each line with
+the id of the request being served."""
 
 from __future__ import annotations
 
 import contextvars
 import json
 import logging
+import os
+import sys
 import time
 
 from aiohttp.abc import AbstractAccessLogger
@@ -12,6 +15,12 @@ from aiohttp import web
 
 from service.auth import current_key_id
 from service.errors import REQUEST_ID_KEY
+
+# Probes and scrapes arrive every few seconds: logged at DEBUG, so INFO shows real traffic.
+QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Third-party progress bars (downloads, checkpoint shards) would break JSON lines: these variables
+# turn them off in huggingface_hub, transformers and diffusers, which read them at import.
+PROGRESS_BAR_VARIABLES = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "DIFFUSERS_DISABLE_PROGRESS_BAR": "1", "TQDM_DISABLE": "1"}
 
 # Set by the request-id middleware; read by the formatter for every record logged while serving.
 current_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
@@ -43,7 +52,9 @@ class AccessLogger(AbstractAccessLogger):
     """One line per request, with its id, status and duration."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info(
+        level = logging.DEBUG if request.path in QUIET_PATHS else logging.INFO
+        self.logger.log(
+            level,
             "%s %s %s",
             request.method,
             request.path,
@@ -58,10 +69,22 @@ class AccessLogger(AbstractAccessLogger):
         )
 
 
-def configure_logging(level: str, log_format: str) -> None:
+def resolve_log_format(log_format: str) -> str:
+    """auto: text when a person reads standard error (a terminal), else JSON (a file, a collector)."""
+    if log_format != "auto":
+        return log_format
+    return "text" if sys.stderr.isatty() else "json"
+
+
+def configure_logging(level: str, log_format: str) -> str:
+    """Send every log record to standard error in `log_format`; returns the format chosen (for auto)."""
+    chosen = resolve_log_format(log_format)
     handler = logging.StreamHandler()
-    if log_format == "json":
+    if chosen == "json":
         handler.setFormatter(JsonFormatter())
+        for name, value in PROGRESS_BAR_VARIABLES.items():
+            os.environ.setdefault(name, value)
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    return chosen

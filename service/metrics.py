@@ -33,6 +33,10 @@ class ServiceMetrics(AdmissionObserver):
         self.queue_depth = Gauge("sdxl_queue_depth", "Requests waiting for the model", registry=r)
         self.refusals = Counter("sdxl_refused_requests", "Requests refused or dropped by the admission queue", ["reason"], registry=r)
         self.batch_size = Histogram("sdxl_batch_size", "Requests per engine call", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
+        self.self_test = Gauge(
+            "sdxl_self_test_passed", "1: the warm-up image passed the self-test; 0: it failed (see /readyz); -1: not run yet", registry=r
+        )
+        self.self_test.set(-1)
         self.stage_seconds = Histogram(
             "sdxl_stage_seconds",
             "Latency per stage: queue_wait, text_encoders, unet, vae, image_encoding, request",

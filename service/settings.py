@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 from engines.base import DEFAULT_MODEL, DEVICES, ENGINES, PRECISIONS, VAES
 
 ENV_PREFIX = "SDXL_"
+LOG_FORMATS = ("auto", "text", "json")
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3}
 
 
@@ -33,6 +34,7 @@ def _default_cache_dir() -> Path:
 @dataclass(frozen=True)
 class Settings:
     model: str = DEFAULT_MODEL
+    revision: str | None = None
     engine: str = "auto"
     engine_dir: Path = Path("build/engines")
     device: str = "auto"
@@ -54,7 +56,7 @@ class Settings:
     body_timeout: float = 30.0
     shutdown_timeout: float = 30.0
     log_level: str = "INFO"
-    log_format: str = "json"
+    log_format: str = "auto"
     api_keys_file: Path | None = None
     metrics_require_key: bool = False
     max_queue_share: float = 0.5
@@ -105,6 +107,7 @@ def _nonempty(text: str) -> str:
 # field -> (parser, help). The flag is --field-name, the variable SDXL_FIELD_NAME.
 OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "model": (_nonempty, "tiny | sdxl-random | a Hugging Face hub id | a local pipeline directory"),
+    "revision": (_nonempty, "a hub model's commit, tag or branch (default: main); pin a commit in production"),
     "engine": (_choice(ENGINES), "inference backend; auto picks the fastest that can run here"),
     "engine_dir": (Path, "where build_engines.py wrote engines and manifest.json"),
     "device": (_choice(DEVICES), "where PyTorch runs; cpu also keeps auto and onnxruntime off the GPU"),
@@ -126,7 +129,7 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "body_timeout": (_bounded(float, 0.5, 3_600), "seconds a request may take to send its body before 408"),
     "shutdown_timeout": (_bounded(float, 0, 3_600), "seconds in-flight requests get to finish on SIGTERM"),
     "log_level": (_choice(("DEBUG", "INFO", "WARNING", "ERROR")), "logging level"),
-    "log_format": (_choice(("json", "text")), "json: one object a line with the request id; text: for people"),
+    "log_format": (_choice(LOG_FORMATS), "auto: text on a terminal, else json; json: one object a line with the request id; text: for people"),
     "api_keys_file": (Path, "file of API keys, one per line: with it, every route but the probes, the page and /openapi.json needs a key"),
     "metrics_require_key": (_flag, "true: /metrics needs an API key too (by default it is open for the scraper)"),
     "max_queue_share": (_bounded(float, 0.01, 1), "with API keys: the largest share of the queue one key may hold"),
@@ -150,8 +153,11 @@ def flag_name(field: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service", description="Serve SDXL Turbo images over HTTP.")
+    defaults = Settings()
     for field, (_, help_text) in OPTIONS.items():
-        parser.add_argument(flag_name(field), dest=field, default=None, help=f"{help_text} [{env_name(field)}]")
+        default = getattr(defaults, field)
+        shown = "" if default is None else f"; default {default}"
+        parser.add_argument(flag_name(field), dest=field, default=None, help=f"{help_text} [{env_name(field)}{shown}]")
     return parser
 
 

@@ -80,7 +80,8 @@ def test_serve_job_answers_the_original_example_and_its_healthcheck_passes(
     tmp_path: Path, presets_dir: Path
 ) -> None:
     # Settings from variables, as the image sets them; ServiceProcess adds --host/--port flags.
-    env = job_env(SDXL_MODEL="tiny", SDXL_PRESETS_DIR=str(presets_dir), SDXL_CACHE_DIR=str(tmp_path / "cache"))
+    # DEBUG: probes are logged only at DEBUG, and the log shows the healthcheck's probe arriving.
+    env = job_env(SDXL_MODEL="tiny", SDXL_PRESETS_DIR=str(presets_dir), SDXL_CACHE_DIR=str(tmp_path / "cache"), SDXL_LOG_LEVEL="DEBUG")
     service = ServiceProcess([], env=env, command=[str(ENTRYPOINT), "serve"])
     try:
         service.wait_ready()

@@ -65,10 +65,12 @@ def test_bad_setting_exits_2_with_one_line_before_torch_is_imported():
 
 
 def test_a_model_path_that_is_not_a_pipeline_stops_start_up(tmp_path):
-    """The engine fails to load: the service logs why and exits 1 instead of serving 503s forever."""
+    """Checked before the service listens: one line saying why, exit 2, never 503s forever."""
     result = subprocess.run(
         [sys.executable, "-m", "service", "--model", str(tmp_path), "--port", str(free_port()), "--cache-dir", str(tmp_path / "c")],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
-    assert result.returncode == 1
-    assert "not an SDXL pipeline directory" in result.stderr
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("{")]  # JSON lines are logs
+    assert len(errors) == 1 and "not an SDXL pipeline directory" in errors[0]
+    assert "Traceback" not in result.stderr

@@ -138,10 +138,14 @@ def test_a_build_error_names_the_failing_plan(trt, tmp_path, presets_dir) -> Non
 def test_a_hub_models_fingerprint_reads_no_weights(monkeypatch) -> None:
     asked = []
 
-    def fake_download(repo_id, allow_patterns=sources.HUB_ALLOW_PATTERNS):
-        asked.append(list(allow_patterns))
-        return Path("/nonexistent"), f"hf:{repo_id}@0123abc"
+    def fake_resolve(repo_id, revision=None):
+        asked.append((repo_id, revision))
+        return "0123abc"
 
-    monkeypatch.setattr(sources, "download_from_hub", fake_download)
-    assert sources.model_fingerprint("stabilityai/sdxl-turbo") == "hf:stabilityai/sdxl-turbo@0123abc"
-    assert asked == [["model_index.json"]]
+    def no_fetch(*args, **kwargs):
+        raise AssertionError("the fingerprint fetched the model's files")
+
+    monkeypatch.setattr(sources, "resolve_commit", fake_resolve)
+    monkeypatch.setattr(sources, "fetch_snapshot", no_fetch)
+    assert sources.model_fingerprint("stabilityai/sdxl-turbo", "v1") == "hf:stabilityai/sdxl-turbo@0123abc"
+    assert asked == [("stabilityai/sdxl-turbo", "v1")]

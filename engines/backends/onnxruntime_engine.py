@@ -72,8 +72,10 @@ class OnnxRuntimeEngine(PipelineEngine):
         device: str = "auto",
         precision: str = "auto",
         presets_dir: Path | None = None,
+        revision: str | None = None,
     ) -> None:
         self.model, self.engine_dir, self.manifest, self.presets_dir = model, engine_dir, manifest, presets_dir
+        self.revision = revision
         on_cuda = device != "cpu" and CUDA_PROVIDER in available_providers() and torch.cuda.is_available()
         self.providers = [CUDA_PROVIDER, CPU_PROVIDER] if on_cuda else [CPU_PROVIDER]
         text_precision = onnxruntime_text_precision(precision, on_cuda)
@@ -82,7 +84,7 @@ class OnnxRuntimeEngine(PipelineEngine):
         super().__init__(onnxruntime_name(on_cuda, text_precision), EngineLimits(size_multiple=manifest.dims.size_multiple))
 
     def load(self) -> None:
-        side = load_text_side(self.model, self.numerics, self.presets_dir)
+        side = load_text_side(self.model, self.numerics, self.presets_dir, revision=self.revision)
         self.manifest.check_model(self.engine_dir, self.model, side.fingerprint, "onnx")
         specs = self.manifest.dims.specs()
         threads = usable_cpu_count()

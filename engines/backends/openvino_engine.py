@@ -99,9 +99,10 @@ class OpenVINOEngine(PipelineEngine):
         precision: str = "auto",
         presets_dir: Path | None = None,
         vae: str = "full",
+        revision: str | None = None,
     ) -> None:
         self.model, self.engine_dir, self.manifest, self.presets_dir = model, engine_dir, manifest, presets_dir
-        self.vae = vae
+        self.vae, self.revision = vae, revision
         self.precision = openvino_precision(precision)
         # Text encoders in torch with the same arithmetic (bf16 or fp32) on the CPU.
         self.numerics = choose_numerics("cpu", "bf16" if self.precision == "bf16" else "fp32")
@@ -109,7 +110,7 @@ class OpenVINOEngine(PipelineEngine):
         super().__init__(openvino_name(self.precision, tiny_vae=vae == "tiny"), limits)
 
     def load(self) -> None:
-        side = load_text_side(self.model, self.numerics, self.presets_dir, self.vae)
+        side = load_text_side(self.model, self.numerics, self.presets_dir, self.vae, self.revision)
         self.manifest.check_model(self.engine_dir, self.model, side.fingerprint, "openvino")
         specs = self.manifest.dims.specs()
 

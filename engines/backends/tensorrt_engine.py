@@ -163,8 +163,10 @@ class TensorRTEngine(PipelineEngine):
         engine_dir: Path,
         manifest: Manifest,
         presets_dir: Path | None = None,
+        revision: str | None = None,
     ) -> None:
         self.model, self.engine_dir, self.manifest, self.presets_dir = model, engine_dir, manifest, presets_dir
+        self.revision = revision
         self.numerics = choose_numerics("cuda", "fp16")
         plans = [manifest.artefact(engine_dir, name, "plan") for name in (UNET, VAE_DECODER)]
         unet_precision, vae = (plan.details.get("precision", "?") for plan in plans)
@@ -174,7 +176,7 @@ class TensorRTEngine(PipelineEngine):
         self._stream: torch.cuda.Stream | None = None
 
     def load(self) -> None:
-        side = load_text_side(self.model, self.numerics, self.presets_dir)
+        side = load_text_side(self.model, self.numerics, self.presets_dir, revision=self.revision)
         self.manifest.check_model(self.engine_dir, self.model, side.fingerprint, "plan")
         plans = {}
         for name in COMPILED_COMPONENTS:

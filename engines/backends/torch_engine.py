@@ -18,16 +18,17 @@ class TorchEngine(PipelineEngine):
     """The SDXL Turbo loop on PyTorch modules; the path that always works."""
 
     def __init__(
-        self, model: str, device: str = "auto", precision: str = "auto", presets_dir: Path | None = None, vae: str = "full"
+        self, model: str, device: str = "auto", precision: str = "auto", presets_dir: Path | None = None, vae: str = "full",
+        revision: str | None = None,
     ) -> None:
-        self.model, self.vae = model, vae
+        self.model, self.vae, self.revision = model, vae, revision
         self.numerics = choose_numerics(device, precision)
         self.presets_dir = presets_dir
         super().__init__(self.numerics.name(tiny_vae=vae == "tiny"), EngineLimits())
 
     def load(self) -> None:
         use_all_cores(self.numerics)
-        components = load_components(self.model, self.numerics.dtype, self.presets_dir, self.vae)
+        components = load_components(self.model, self.numerics.dtype, self.presets_dir, self.vae, revision=self.revision)
         self.info.model_fingerprint = components.fingerprint
         self._pipeline = build_torch_pipeline(components, self.numerics)
         logger.info("loaded %s as %s (%s)", self.model, self.info.name, components.fingerprint)

@@ -115,14 +115,16 @@ class TorchSide:
     tiny_vae: TorchVAEDecoder | None  # with --vae tiny: the decoder, which no build compiles
 
 
-def load_text_side(model: str, numerics: TorchNumerics, presets_dir: Path | None, vae: str = "full") -> TorchSide:
+def load_text_side(
+    model: str, numerics: TorchNumerics, presets_dir: Path | None, vae: str = "full", revision: str | None = None
+) -> TorchSide:
     """For compiled backends: the text encoders, the loop's config, the model's fingerprint, and the
     tiny autoencoder when asked for.
 
     The UNet and the SDXL VAE are not read: the compiled engines replace them.
     """
     use_all_cores(numerics)
-    components = load_components(model, numerics.dtype, presets_dir, vae, text_only=True)
+    components = load_components(model, numerics.dtype, presets_dir, vae, text_only=True, revision=revision)
     return TorchSide(
         torch_text_encoders(components, numerics),
         pipeline_config(components),

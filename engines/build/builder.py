@@ -27,7 +27,9 @@ from engines.base import BUILD_PRECISIONS, TARGETS, EngineUnavailable
 from engines.build.onnx_export import EXPORT_FORMAT, OPSET, check_graph_types, check_onnx, export_modules, export_onnx, model_dims
 from engines.build.openvino_export import OPENVINO_FORMAT, check_inputs, check_openvino, convert_to_openvino, torch_output
 from engines.build.tensorrt_plans import PlanBuildError, build_plan
+from engines.core.engine import PipelineEngine
 from engines.core.files import file_sha256, package_version
+from engines.core.golden import GoldenImage, golden_request, self_test_problem
 from engines.core.hardware import GpuInfo, cpu_features, cuda_gpu
 from engines.core.numerics import PRECISION_NAMES, tensorrt_graph
 from engines.core.specs import COMPILED_COMPONENTS, UNET, BuildRange, ComponentSpec
@@ -56,6 +58,7 @@ class BuildRequest:
     force: bool = False
     optimization_level: int = 3
     presets_dir: Path | None = None
+    revision: str | None = None  # a hub model's commit, tag or branch
     tolerance: float = 1e-2  # largest relative error of an ONNX graph against torch
 
 
@@ -121,7 +124,7 @@ class _Model:
     def components(self) -> SDXLComponents:
         logger.info("loading %s in float32", self.request.model)
         try:
-            components = load_components(self.request.model, torch.float32, self.request.presets_dir)
+            components = load_components(self.request.model, torch.float32, self.request.presets_dir, revision=self.request.revision)
         except EngineUnavailable as exc:
             raise BuildError(str(exc)) from exc
         # Nothing is built from the text encoders (3 GB in float32 for SDXL): free them before the
@@ -197,7 +200,7 @@ def build(request: BuildRequest) -> BuildReport:
     previous = _previous_manifest(request.out)
     model = _Model(request)
     try:
-        fingerprint = model_fingerprint(request.model)
+        fingerprint = model_fingerprint(request.model, request.revision)
     except EngineUnavailable as exc:
         raise BuildError(str(exc)) from exc
     same_model = previous is not None and previous.fingerprint == fingerprint and previous.model == request.model
@@ -237,11 +240,58 @@ def build(request: BuildRequest) -> BuildReport:
         for name in COMPILED_COMPONENTS:
             manifest.components[name].plan = _plan(run, target, specs[name], manifest.components[name])
 
-    # 4. The manifest, only when something changed (a second run leaves every file as it was).
+    # 4. The golden image: what the engine just built makes for a fixed prompt and seed, which the
+    #    service makes again at warm-up (engines/core/golden.py).
+    if previous is not None and same_model and not request.force:
+        manifest.golden = dict(previous.golden)
+    _golden(request, manifest, "openvino" if to_openvino else "onnx" if target is None else "plan")
+
+    # 5. The manifest, only when something changed (a second run leaves every file as it was).
     if previous is None or previous.to_json() != manifest.to_json():
         manifest.write(request.out)
         run.report.manifest_written = True
     return run.report
+
+
+def _runtime_engine(request: BuildRequest, manifest: Manifest, kind: ArtefactKind) -> PipelineEngine | None:
+    """The engine the service runs from this build by default; None where it cannot run here."""
+    if kind == "openvino":
+        from engines.backends.openvino_engine import OpenVINOEngine
+
+        return OpenVINOEngine(request.model, request.out, manifest, "auto", request.presets_dir, revision=request.revision)
+    if kind == "onnx":
+        from engines.backends.onnxruntime_engine import OnnxRuntimeEngine
+
+        return OnnxRuntimeEngine(request.model, request.out, manifest, "auto", "auto", request.presets_dir, revision=request.revision)
+    if not torch.cuda.is_available():
+        return None
+    from engines.backends.tensorrt_engine import TensorRTEngine
+
+    return TensorRTEngine(request.model, request.out, manifest, request.presets_dir, revision=request.revision)
+
+
+def _golden(request: BuildRequest, manifest: Manifest, kind: ArtefactKind) -> None:
+    """Record the built engine's image for the golden prompt, unless one made from these very files is there."""
+    engine = _runtime_engine(request, manifest, kind)
+    if engine is None:
+        logger.warning("self-test: no CUDA device runs the plans here, so no golden image is recorded")
+        return
+    key = inputs_key({"files": {name: manifest.artefact(request.out, name, kind).files for name in COMPILED_COMPONENTS}})
+    recorded = manifest.golden.get(engine.info.name)
+    if recorded is not None and recorded.get("key") == key:
+        logger.info("self-test: the golden image for %s is up to date", engine.info.name)
+        return
+    started = time.perf_counter()
+    engine.load()
+    try:
+        (image,) = engine.generate([golden_request(*engine.warm_up_size)])
+    finally:
+        engine.close()
+    problem = self_test_problem(image, None, engine.info.name)
+    if problem is not None:
+        raise BuildError(f"the built engine {engine.info.name} is broken: {problem}")
+    manifest.golden[engine.info.name] = {**GoldenImage.of(image, engine.info.name).to_json(), "key": key}
+    logger.info("self-test: golden image made by %s (mean %.1f, std %.1f), %.1f s", engine.info.name, image.mean(), image.std(), time.perf_counter() - started)
 
 
 def _typed_graphs(request: BuildRequest) -> int:

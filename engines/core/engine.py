@@ -12,7 +12,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from engines.base import EngineInfo, EngineLimits, GenerationRequest, ImageEngine
+from engines.base import EngineInfo, EngineLimits, GenerationRequest, ImageEngine, SelfTestFailed
+from engines.core.golden import GoldenImage, golden_request, self_test_problem
 from engines.core.pipeline import SDXLTurboPipeline
 
 
@@ -21,6 +22,7 @@ class PipelineEngine(ImageEngine):
         self.limits = limits
         self.info = EngineInfo(name=name, model_fingerprint="")
         self._pipeline: SDXLTurboPipeline | None = None
+        self.golden: GoldenImage | None = None  # the image its build recorded (engine selection sets it)
 
     @property
     def pipeline(self) -> SDXLTurboPipeline:
@@ -33,8 +35,13 @@ class PipelineEngine(ImageEngine):
             return list(self.pipeline(requests))
 
     def warm_up(self) -> None:
-        """One image at a size the engine was built for (512x512 where it can)."""
-        self.generate([GenerationRequest(prompt="warm-up", seed=0, width=self.warm_up_size[0], height=self.warm_up_size[1])])
+        """The golden image (see engines/core/golden.py) at a size the engine was built for, checked:
+        raises SelfTestFailed when it shows a broken engine."""
+        width, height = self.warm_up_size if self.golden is None else (self.golden.width, self.golden.height)
+        (image,) = self.generate([golden_request(width, height)])
+        problem = self_test_problem(image, self.golden, self.info.name)
+        if problem is not None:
+            raise SelfTestFailed(problem)
 
     @property
     def warm_up_size(self) -> tuple[int, int]:

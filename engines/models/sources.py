@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ import torch
 from engines.base import EngineUnavailable
 from engines.core.files import update_with_file
 from engines.models.components import ALL_PARTS, SDXLComponents
+from engines.models.hub import PREFERRED_VARIANT, fetch_snapshot, resolve_commit, weight_file
 from engines.models.presets import (
     PRESETS,
     build_sdxl_random,
@@ -28,14 +32,19 @@ from engines.models.presets import (
     tiny_fingerprint,
 )
 
-# What a hub download fetches: configs, tokenizers and the fp16 weights (half the bytes of fp32).
-HUB_ALLOW_PATTERNS = ["model_index.json", "*/config.json", "scheduler/*", "tokenizer*/*", "*.fp16.safetensors"]
+logger = logging.getLogger(__name__)
+
 # The tiny autoencoder (TAESD-XL) that --vae tiny loads for hub and directory models.
 TINY_VAE_HUB_ID = "madebyollin/taesdxl"
 
 
 def load_components(
-    model: str, dtype: torch.dtype, presets_dir: Path | None = None, vae: str = "full", text_only: bool = False
+    model: str,
+    dtype: torch.dtype,
+    presets_dir: Path | None = None,
+    vae: str = "full",
+    text_only: bool = False,
+    revision: str | None = None,
 ) -> SDXLComponents:
     """Resolve `model` (preset name, local directory or hub id) and load it in `dtype`.
 
@@ -44,7 +53,7 @@ def load_components(
     and the SDXL VAE (compiled backends bring their own): gigabytes never read.
     """
     parts = {"text"} | (set() if text_only else {"unet"}) | ({"vae"} if vae == "full" and not text_only else set())
-    components = _load_components(model, dtype, presets_dir, frozenset(parts))
+    components = _load_components(model, dtype, presets_dir, frozenset(parts), revision)
     if vae == "tiny":
         components.vae = load_tiny_autoencoder(model, dtype)
         components.tiny_vae = True
@@ -52,7 +61,9 @@ def load_components(
     return components
 
 
-def _load_components(model: str, dtype: torch.dtype, presets_dir: Path | None, parts: frozenset[str]) -> SDXLComponents:
+def _load_components(
+    model: str, dtype: torch.dtype, presets_dir: Path | None, parts: frozenset[str], revision: str | None
+) -> SDXLComponents:
     if model == "sdxl-random":
         return build_sdxl_random(dtype, parts)
     if model == "tiny":
@@ -61,20 +72,51 @@ def _load_components(model: str, dtype: torch.dtype, presets_dir: Path | None, p
     if Path(model).is_dir():
         return load_components_from_directory(Path(model), dtype, None, parts)
     _refuse_a_path(model)
-    directory, fingerprint = download_from_hub(model)
-    return load_components_from_directory(directory, dtype, fingerprint, parts)
+    snapshot = fetch_snapshot(model, revision)
+    return load_components_from_directory(snapshot.directory, dtype, snapshot.fingerprint, parts)
 
 
-def model_fingerprint(model: str) -> str:
-    """The fingerprint `load_components` reports, without loading any weights (a hub model fetches
-    only model_index.json to learn its revision)."""
+def model_fingerprint(model: str, revision: str | None = None) -> str:
+    """The fingerprint `load_components` reports, without loading any weights (a hub model only
+    resolves its revision to a commit)."""
+    _refuse_revision(model, revision)
     known = known_fingerprint(model)
     if known is not None:
         return known
     if Path(model).is_dir():
         return hash_directory(Path(model))
     _refuse_a_path(model)
-    return download_from_hub(model, ["model_index.json"])[1]
+    return f"hf:{model}@{resolve_commit(model, revision)}"
+
+
+@dataclass(frozen=True)
+class PreparedModel:
+    """A model made ready to load before the service listens: its files are on this machine."""
+
+    revision: str | None  # the hub commit to load (a pinned start loads exactly what was resolved), else None
+
+
+def prepare_model(model: str, revision: str | None = None, presets_dir: Path | None = None) -> PreparedModel:
+    """Resolve and fetch the model's files now, so that a missing or unreachable model ends the
+    start-up with one line instead of failing later in the background."""
+    _refuse_revision(model, revision)
+    if model == "tiny":
+        started = time.perf_counter()
+        directory = ensure_tiny_directory(presets_dir or default_presets_dir())
+        logger.info("model: tiny preset at %s, %.1f s", directory, time.perf_counter() - started)
+        return PreparedModel(None)
+    if model in PRESETS:
+        return PreparedModel(None)
+    if Path(model).is_dir():
+        _missing_components(Path(model))
+        return PreparedModel(None)
+    _refuse_a_path(model)
+    return PreparedModel(fetch_snapshot(model, revision).commit)
+
+
+def _refuse_revision(model: str, revision: str | None) -> None:
+    if revision is not None and (model in PRESETS or Path(model).is_dir()):
+        raise EngineUnavailable(f"--revision {revision}: only hub models have revisions, and {model!r} is not one")
 
 
 def _refuse_a_path(model: str) -> None:
@@ -83,21 +125,6 @@ def _refuse_a_path(model: str) -> None:
 
 
 # --- files: hub snapshots and local directories ------------------------------------------------
-
-
-def download_from_hub(repo_id: str, allow_patterns: list[str] = HUB_ALLOW_PATTERNS) -> tuple[Path, str]:
-    """Fetch (or find in the local Hugging Face cache) a pipeline; returns its directory and revision."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        path = Path(snapshot_download(repo_id, allow_patterns=allow_patterns))
-    except Exception as exc:  # network, auth, missing repo: all end the start-up the same way
-        raise EngineUnavailable(
-            f"model: could not fetch {repo_id!r} from the Hugging Face hub ({exc.__class__.__name__}: {exc}). "
-            "Pass a local directory, or MODEL=tiny to run offline."
-        ) from exc
-    # A snapshot directory is named after the commit it holds: the revision is the fingerprint.
-    return path, f"hf:{repo_id}@{path.name}"
 
 
 def hash_directory(directory: Path) -> str:
@@ -111,12 +138,34 @@ def hash_directory(directory: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def _weights_variant(directory: Path, subfolder: str) -> str | None:
-    """'fp16' when a component ships only fp16 weight files (as hub downloads here do)."""
-    files = [p.name for p in (directory / subfolder).glob("*.safetensors")]
-    if files and all(".fp16." in name for name in files):
-        return "fp16"
-    return None
+def choose_variant(variants: set[str | None], dtype: torch.dtype) -> str | None:
+    """Which weight files to read when a component has several: fp16 files for an fp16 model (a GPU:
+    exact, half the bytes), else the full-precision ones (a CPU's bf16 or fp32: one conversion, from
+    the exact values, never fp32 -> fp16 -> bf16). One variant only: that one."""
+    if dtype == torch.float16 and PREFERRED_VARIANT in variants:
+        return PREFERRED_VARIANT
+    if None in variants or not variants:
+        return None
+    return PREFERRED_VARIANT if PREFERRED_VARIANT in variants else sorted(v for v in variants if v)[0]
+
+
+def weight_variants(directory: Path) -> set[str | None]:
+    """The variants of a component directory's safetensors files: `model.fp16.safetensors` -> fp16, `model.safetensors` -> None."""
+    variants: set[str | None] = set()
+    for path in directory.glob("*.safetensors"):
+        parts = path.name.split(".")
+        variants.add(parts[-2] if len(parts) == 3 else None)
+    return variants
+
+
+def _missing_components(directory: Path) -> None:
+    missing = [
+        name
+        for name in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+        if not (directory / name).is_dir()
+    ]
+    if missing:
+        raise EngineUnavailable(f"model: {directory} is not an SDXL pipeline directory (missing {', '.join(missing)})")
 
 
 def load_components_from_directory(
@@ -129,22 +178,32 @@ def load_components_from_directory(
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    missing = [
-        name
-        for name in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
-        if not (directory / name).is_dir()
-    ]
-    if missing:
-        raise EngineUnavailable(f"model: {directory} is not an SDXL pipeline directory (missing {', '.join(missing)})")
+    _missing_components(directory)
+
+    def timed(subfolder: str, load: Any) -> torch.nn.Module:
+        variant = choose_variant(weight_variants(directory / subfolder), dtype)
+        path = directory / weight_file(subfolder, variant)
+        size = path.stat().st_size if path.is_file() else 0
+        started = time.perf_counter()
+        module = load(variant)
+        logger.info(
+            "loading %s: %s, %s files, %.0f MB, as %s, %.1f s",
+            subfolder, path.name, variant or "full-precision", size / 1e6, str(dtype).removeprefix("torch."), time.perf_counter() - started,
+        )
+        return module
 
     def diffusers_model(cls: Any, subfolder: str) -> torch.nn.Module:
-        variant = _weights_variant(directory, subfolder)
-        return cls.from_pretrained(directory, subfolder=subfolder, torch_dtype=dtype, use_safetensors=True, variant=variant)
+        return timed(
+            subfolder,
+            lambda variant: cls.from_pretrained(directory, subfolder=subfolder, torch_dtype=dtype, use_safetensors=True, variant=variant),
+        )
 
     def transformers_model(cls: Any, subfolder: str) -> torch.nn.Module:
-        variant = _weights_variant(directory, subfolder)
-        return cls.from_pretrained(
-            directory, subfolder=subfolder, dtype=dtype, use_safetensors=True, variant=variant, trust_remote_code=False
+        return timed(
+            subfolder,
+            lambda variant: cls.from_pretrained(
+                directory, subfolder=subfolder, dtype=dtype, use_safetensors=True, variant=variant, trust_remote_code=False
+            ),
         )
 
     model_index = json.loads((directory / "model_index.json").read_text()) if (directory / "model_index.json").exists() else {}
