@@ -7,13 +7,13 @@ import base64
 import math
 import time
 from pathlib import Path
-from typing import Awaitable, TypeVar
+from typing import Awaitable, Callable, TypeVar
 
 from aiohttp import web
 
-from service.errors import DeadlineExceeded, InvalidField, NotReady, UnsupportedMediaType
+from service.errors import BodyTooLarge, DeadlineExceeded, InvalidField, NotReady, UnsupportedMediaType
 from service.openapi import openapi_spec
-from service.schema import ImageJob, decode_json_body, parse_generation_request, parse_openai_request
+from service.schema import ImageJob, decode_json_body, has_input_image, parse_generation_request, parse_openai_request
 from service.state import ADMISSION, ENGINE, IMAGES, LIMITS, METRICS, READINESS, SETTINGS
 
 INDEX_PAGE = (Path(__file__).with_name("static") / "index.html").read_text()
@@ -37,6 +37,27 @@ async def read_json(request: web.Request) -> object:
             f"Content-Type must be application/json, got {request.content_type or 'nothing'}", "Content-Type"
         )
     return decode_json_body(await request.read())  # over the size limit: aiohttp raises 413
+
+
+def image_body_limit(request: web.Request) -> web.Request:
+    """The routes that carry an input image read bodies up to --max-image-body-bytes; the rest keep --max-body-bytes."""
+    return request.clone(client_max_size=request.app[SETTINGS].max_image_body_bytes)
+
+
+async def read_image_route_body(request: web.Request, read: Callable[[web.Request], Awaitable[T]]) -> T:
+    """`read` on the image routes' larger limit; over it, a 413 that names that limit."""
+    limit = request.app[SETTINGS].max_image_body_bytes
+    try:
+        return await read(image_body_limit(request))
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyTooLarge(f"the request body is larger than this route's limit of {limit} bytes (--max-image-body-bytes)", "image") from None
+
+
+async def parse_off_loop(parse: Callable[..., T], body: object, *args: object) -> T:
+    """Parse on the event loop, unless the body carries an image: decoding one is blocking work."""
+    if has_input_image(body):
+        return await asyncio.to_thread(parse, body, *args)
+    return parse(body, *args)
 
 
 def request_deadline(request: web.Request) -> float:
@@ -89,7 +110,8 @@ async def within_deadline(awaitable: Awaitable[T], deadline: float) -> T:
 async def generate_image(request: web.Request) -> web.Response:
     require_ready(request)
     deadline = request_deadline(request)
-    job = parse_generation_request(await read_json(request), request.app[LIMITS], request.headers.get("Accept"))
+    body = await read_image_route_body(request, read_json)
+    job = await parse_off_loop(parse_generation_request, body, request.app[LIMITS], request.headers.get("Accept"))
     images = request.app[IMAGES]
     key = images.key(job)
     found = await images.lookup(job, key)
