@@ -7,13 +7,15 @@ import base64
 import math
 import time
 from pathlib import Path
-from typing import Awaitable, Callable, TypeVar
+from typing import Awaitable, Callable, Mapping, TypeVar
 
 from aiohttp import web
 
 from service.errors import BodyTooLarge, DeadlineExceeded, InvalidField, NotReady, UnsupportedMediaType
 from service.openapi import openapi_spec
-from service.schema import ImageJob, decode_json_body, has_input_image, parse_generation_request, parse_openai_request
+from service.schema import (
+    ImageJob, decode_json_body, has_input_image, parse_generation_request, parse_openai_edit, parse_openai_request,
+)
 from service.state import ADMISSION, ENGINE, IMAGES, LIMITS, METRICS, READINESS, SETTINGS
 
 INDEX_PAGE = (Path(__file__).with_name("static") / "index.html").read_text()
@@ -24,6 +26,7 @@ T = TypeVar("T")
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/generate-image", generate_image)
     app.router.add_post("/v1/images/generations", openai_generations)
+    app.router.add_post("/v1/images/edits", openai_edits)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -128,6 +131,38 @@ async def openai_generations(request: web.Request) -> web.Response:
     require_ready(request)
     deadline = request_deadline(request)
     jobs = parse_openai_request(await read_json(request), request.app[LIMITS])
+    return await openai_answer(request, jobs, deadline)
+
+
+async def openai_edits(request: web.Request) -> web.Response:
+    """OpenAI's images.edit: a multipart form with the image file; the same path as an image in /generate-image."""
+    require_ready(request)
+    deadline = request_deadline(request)
+    if request.content_type != "multipart/form-data":
+        raise UnsupportedMediaType(
+            f"Content-Type must be multipart/form-data, got {request.content_type or 'nothing'}", "Content-Type"
+        )
+    form = await read_image_route_body(request, lambda r: r.post())
+    limits = request.app[LIMITS]
+    jobs = await asyncio.to_thread(lambda: parse_openai_edit(form_fields(form), limits))
+    return await openai_answer(request, jobs, deadline)
+
+
+def form_fields(form: Mapping[str, object]) -> dict[str, str | bytes]:
+    """One value per field; a file part as its bytes (blocking: aiohttp spools files to disk)."""
+    fields: dict[str, str | bytes] = {}
+    for name in dict.fromkeys(form):
+        values = form.getall(name)  # type: ignore[attr-defined]
+        key = name.removesuffix("[]")  # clients that send arrays of images name the part image[]
+        if len(values) > 1 or key in fields:
+            raise InvalidField(f"{key}: one value expected, got {len(values)} (this service edits one image)", key)
+        value = values[0]
+        fields[key] = value.file.read() if isinstance(value, web.FileField) else value
+    return fields
+
+
+async def openai_answer(request: web.Request, jobs: list[ImageJob], deadline: float) -> web.Response:
+    """n PNGs as base64 in one JSON answer, each cached like a /generate-image request."""
     images = request.app[IMAGES]
     results = await within_deadline(
         asyncio.gather(*(images.get(job, images.key(job), deadline) for job in jobs)), deadline

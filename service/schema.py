@@ -254,16 +254,18 @@ OPENAI_FIELDS = ("prompt", "n", "size", "response_format", "model", "user", "neg
 MAX_IMAGES_PER_REQUEST = 4
 
 
-def parse_openai_request(body: Any, limits: RequestLimits) -> list[ImageJob]:
-    """OpenAI's `prompt`, `n`, `size`, `response_format` (b64_json only), plus our own fields.
+def parse_openai_request(body: Any, limits: RequestLimits, edit: bool = False) -> list[ImageJob]:
+    """OpenAI's `prompt`, `n`, `size`, `response_format` (b64_json only), plus our own fields; an edit
+    (`edit`) also takes `image` and `strength`, and keeps the input's size unless `size` is given.
 
     Each of the n images is an ordinary job: image i uses seed + i, so every one is cacheable.
     """
     if not isinstance(body, dict):
         raise MalformedBody(f"the body must be a JSON object, got {_json_type(body)}")
+    allowed = EDIT_FIELDS if edit else OPENAI_FIELDS
     for name in body:
-        if name not in OPENAI_FIELDS:
-            raise InvalidField(f"unknown field {name!r}; the fields are: {', '.join(OPENAI_FIELDS)}", name)
+        if name not in allowed:
+            raise InvalidField(f"unknown field {name!r}; the fields are: {', '.join(allowed)}", name)
     count = _integer(body, "n", 1)
     if not 1 <= count <= MAX_IMAGES_PER_REQUEST:
         raise InvalidField(f"n must be from 1 to {MAX_IMAGES_PER_REQUEST}, got {count}", "n")
@@ -272,11 +274,39 @@ def parse_openai_request(body: Any, limits: RequestLimits) -> list[ImageJob]:
     for name in ("model", "user"):
         if name in body and not isinstance(body[name], str):
             raise InvalidField(f"{name} must be a string, got {_json_type(body[name])}", name)
-    size = body.get("size", "512x512")
+    size = body.get("size", None if edit else "512x512")
     parts = size.split("x") if isinstance(size, str) else []
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+    if size is not None and (len(parts) != 2 or not all(p.isdigit() for p in parts)):
         raise InvalidField(f"size must be WIDTHxHEIGHT such as 512x512, got {size!r}", "size")
-    fields = {k: body[k] for k in ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "seed") if k in body}
-    first = parse_generation_request({**fields, "width": int(parts[0]), "height": int(parts[1])}, limits)
+    passed = ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "seed", "image", "strength")
+    fields = {k: body[k] for k in passed if k in body}
+    if size is not None:
+        fields.update(width=int(parts[0]), height=int(parts[1]))
+    first = parse_generation_request(fields, limits)
     seeds = [(first.generation.seed + i) % (SEED_MAX + 1) for i in range(count)]
-    return [ImageJob(dataclasses.replace(first.generation, seed=seed), "png") for seed in seeds]
+    return [ImageJob(dataclasses.replace(first.generation, seed=seed), "png", first.image_sha256) for seed in seeds]
+
+
+# --- POST /v1/images/edits: OpenAI's multipart form over the same rules, from an image ------------
+
+EDIT_FIELDS = (*OPENAI_FIELDS, "image", "strength")
+_FORM_NUMBERS: dict[str, type] = {"n": int, "seed": int, "num_inference_steps": int, "guidance_scale": float, "strength": float}
+
+
+def parse_openai_edit(form: dict[str, str | bytes], limits: RequestLimits) -> list[ImageJob]:
+    """multipart/form-data, as OpenAI's client sends `images.edit`: every value is text but the image
+    file's bytes; numbers are read from their text, then the JSON route's rules apply."""
+    body: dict[str, Any] = {}
+    for name, value in form.items():
+        kind = _FORM_NUMBERS.get(name)
+        if kind is None or not isinstance(value, str):
+            body[name] = value
+            continue
+        try:
+            body[name] = kind(value)
+        except ValueError:
+            noun = "an integer" if kind is int else "a number"
+            raise InvalidField(f"{name} must be {noun}, got {value!r}", name) from None
+    if "image" not in body:
+        raise InvalidField("image is required: the PNG, JPEG or WebP file to start from", "image")
+    return parse_openai_request(body, limits, edit=True)
