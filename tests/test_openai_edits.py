@@ -79,3 +79,14 @@ async def test_edit_must_be_multipart(make_client):
     reply = await client.post("/v1/images/edits", json={"prompt": "a cat", "image": b64(PNG)})
     assert reply.status == 415 and (await reply.json())["error"]["field"] == "Content-Type"
     assert engine.requests_seen == 0
+
+
+async def test_openapi_describes_image_to_image_on_both_routes(make_client):
+    client = await make_client(ControlledEngine())
+    spec = await (await client.get("/openapi.json")).json()
+    generate_fields = spec["paths"]["/generate-image"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    edit_schema = spec["paths"]["/v1/images/edits"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    for fields in (generate_fields, edit_schema["properties"]):
+        assert fields["strength"]["exclusiveMinimum"] == 0 and fields["strength"]["maximum"] == 1
+        assert "Lanczos" in fields["image"]["description"]
+    assert edit_schema["required"] == ["image", "prompt"]
