@@ -1,6 +1,8 @@
 """Section 3, end to end over HTTP: a load generator on loopback against the running service.
 
-Cache misses (every request new) at each concurrency level, then a mix with a given share of
+Cache misses (every request new) at each concurrency level, image-to-image misses at concurrency 1
+(strength 0.5 and 2 steps, SDXL Turbo's own example: one UNet step, like the text-to-image row,
+plus the VAE encoder), then a mix with a given share of
 repeats (cache hits). Each level reports latency p50/p95/p99 (send to last byte), images per second
 (answers over the level's wall time) and the X-Cache answers seen. The service's own start-up
 makes a warm-up image before /readyz answers 200, so no extra warm-up is sent for misses.
@@ -9,6 +11,8 @@ makes a warm-up image before /readyz answers 200, so no extra warm-up is sent fo
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import itertools
 import logging
 import random
@@ -99,6 +103,20 @@ class Payloads:
         self.sent.extend(new)
         return new
 
+    def image_to_image(self, count: int) -> list[dict[str, Any]]:
+        """New image-to-image requests: one noise picture of the run's size, a new prompt each."""
+        import numpy as np
+        from PIL import Image
+
+        png = io.BytesIO()
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (self.size, self.size, 3), dtype=np.uint8)).save(png, "PNG")
+        image = base64.b64encode(png.getvalue()).decode()
+        return [
+            {"prompt": f"benchmark {self.tag} image-to-image {i}", "seed": i, "image": image, "strength": 0.5,
+             "num_inference_steps": 2}
+            for i in range(count)
+        ]
+
     def repeats(self, count: int) -> list[dict[str, Any]]:
         if not self.sent:
             raise ValueError("repeats: nothing has been sent yet")
@@ -133,6 +151,8 @@ async def _run_http(base_url: str, plan: Plan) -> dict[str, Any]:
             level = await drive(session, base_url, payloads.fresh(count), concurrency)
             misses.append(level.summary())
             logger.info("misses at %d: %s", concurrency, misses[-1].get("latency_s"))
+        image_to_image = await drive(session, base_url, payloads.image_to_image(plan.miss_min_requests), 1)
+        logger.info("image-to-image misses at 1: %s", image_to_image.summary().get("latency_s"))
         mixed = []
         hits = round(plan.mixed_requests * plan.mixed_hit_share)
         for concurrency in plan.mixed_concurrency:
@@ -141,4 +161,5 @@ async def _run_http(base_url: str, plan: Plan) -> dict[str, Any]:
             level = await drive(session, base_url, batch, concurrency)
             mixed.append(level.summary())
             logger.info("mixed at %d: %s", concurrency, mixed[-1].get("latency_s"))
-    return {"size": plan.size, "misses": misses, "mixed": mixed, "mixed_hit_share": plan.mixed_hit_share}
+    return {"size": plan.size, "misses": misses, "image_to_image": [image_to_image.summary()], "mixed": mixed,
+            "mixed_hit_share": plan.mixed_hit_share}

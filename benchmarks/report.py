@@ -173,7 +173,12 @@ def _http(results: dict[str, Any]) -> list[str]:
     if not http:
         return []
     rows = []
-    for kind, levels in (("misses", http["misses"]), (f"{http['mixed_hit_share']:.0%} repeats", http["mixed"])):
+    kinds = (
+        ("misses", http["misses"]),
+        ("image-to-image misses (strength 0.5, 2 steps)", http.get("image_to_image", [])),
+        (f"{http['mixed_hit_share']:.0%} repeats", http["mixed"]),
+    )
+    for kind, levels in kinds:
         for level in levels:
             latency = level.get("latency_s", {})
             rows.append([

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -20,6 +20,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # --precision at serve time
 BUILD_PRECISIONS = ("fp16", "bf16", "fp32")  # build_engines.py --precision: the UNet's in TensorRT
 TARGETS = ("gpu", "cpu")  # build_engines.py --target: TensorRT plans, or OpenVINO IR
 VAES = ("full", "tiny")  # --vae: the SDXL VAE, or the tiny autoencoder (TAESD-XL)
+DEFAULT_STRENGTH = 0.5  # image-to-image: SDXL Turbo's model card uses 0.5 with 2 steps
 
 
 @dataclass(frozen=True)
@@ -33,15 +34,27 @@ class GenerationRequest:
     seed: int = 0
     width: int = 512
     height: int = 512
+    # Image-to-image: the input, HxWx3 uint8 at exactly width x height (the service decodes, resizes
+    # and hashes it; the hash, not the array, goes into cache keys), and how much of it is redrawn.
+    image: np.ndarray | None = field(default=None, compare=False, repr=False)
+    strength: float = DEFAULT_STRENGTH
 
     @property
     def uses_guidance(self) -> bool:
         """Classifier-free guidance runs only above 1 (diffusers' rule); it doubles the UNet batch."""
         return self.guidance_scale > 1.0
 
-    def batch_signature(self) -> tuple[int, int, int, bool]:
-        """Requests with the same signature can share one UNet batch."""
-        return (self.width, self.height, self.num_inference_steps, self.uses_guidance)
+    @property
+    def denoising_steps(self) -> int:
+        """UNet steps actually run: all of them from noise, int(steps x strength) from an image (diffusers' rule)."""
+        if self.image is None:
+            return self.num_inference_steps
+        return min(int(self.num_inference_steps * self.strength), self.num_inference_steps)
+
+    def batch_signature(self) -> tuple[int, int, int, bool, float | None]:
+        """Requests with the same signature can share one UNet batch (image-to-image: the same timesteps too)."""
+        strength = None if self.image is None else self.strength
+        return (self.width, self.height, self.num_inference_steps, self.uses_guidance, strength)
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,10 @@ class EngineLimits:
     max_batch: int = 4
     # Exact sizes a static engine was built for; None means any size in [min_size, max_size].
     sizes: tuple[tuple[int, int], ...] | None = None
+    # Image-to-image needs a VAE encoder; engines built before it existed have none. The reason
+    # says what to do (e.g. the build_engines.py command that adds it).
+    image_to_image: bool = True
+    image_to_image_reason: str = ""
 
     def describe_sizes(self) -> str:
         if self.sizes is not None:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from engines.base import EngineUnavailable
 from engines.core.files import bytes_sha256, file_sha256, write_atomically
 from engines.core.hardware import GpuInfo
-from engines.core.specs import COMPILED_COMPONENTS, BuildRange, ModelDims
+from engines.core.specs import COMPILED_COMPONENTS, REQUIRED_COMPONENTS, VAE_ENCODER, BuildRange, ModelDims
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -155,7 +155,7 @@ class Manifest:
     def check_tensorrt(self, directory: Path, gpu: GpuInfo, tensorrt_version: str) -> None:
         """Refuse plans that are missing, or built for another GPU or another TensorRT."""
         hint = "; rebuild on this machine with " + self.rebuild_command(directory)
-        missing = [name for name in COMPILED_COMPONENTS if name not in self.components or self.components[name].plan is None]
+        missing = [name for name in REQUIRED_COMPONENTS if not self.has(name, "plan")]
         if missing:
             raise ManifestError(f"{directory} holds no TensorRT plans for {', '.join(missing)} (an --onnx-only build?){hint}")
         if self.gpu != gpu:
@@ -166,12 +166,31 @@ class Manifest:
             raise ManifestError(
                 f"the plans in {directory} were built with TensorRT {built_with}, this is TensorRT {tensorrt_version}{hint}"
             )
-        untyped = [name for name in COMPILED_COMPONENTS if "io_dtypes" not in self.components[name].plan.details]
+        untyped = [name for name in self.present(COMPILED_COMPONENTS, "plan") if "io_dtypes" not in self.components[name].plan.details]
         if untyped:
             raise ManifestError(
                 f"the plans in {directory} for {', '.join(untyped)} record no precision read back from the engine "
                 f"(a weakly typed build from before TensorRT 10.12){hint}"
             )
+
+    def has(self, component: str, kind: ArtefactKind) -> bool:
+        entry = self.components.get(component)
+        return entry is not None and entry.artefact(kind) is not None
+
+    def present(self, components: tuple[str, ...], kind: ArtefactKind) -> list[str]:
+        """The required components, and the optional ones (the VAE encoder) this build holds."""
+        return [name for name in components if name in REQUIRED_COMPONENTS or self.has(name, kind)]
+
+    def image_to_image_missing(self, directory: Path, kind: ArtefactKind) -> str:
+        """'' when the build holds a VAE encoder; else why image-to-image is off, and the command that adds it
+        (a build from before image-to-image: text-to-image keeps working)."""
+        if self.has(VAE_ENCODER, kind):
+            return ""
+        return (
+            f"the engines in {directory} were built before image-to-image and hold no VAE encoder; rebuild with "
+            + self.rebuild_command(directory, kind)
+            + " (the UNet and VAE decoder are reused)"
+        )
 
     def artefact(self, directory: Path, component: str, kind: ArtefactKind) -> Artefact:
         entry = self.components.get(component)
@@ -185,7 +204,7 @@ class Manifest:
 
     def verify_files(self, directory: Path, kind: ArtefactKind) -> None:
         """Hash every file of every component's `kind` artefact against the manifest; refuse any difference."""
-        for component in COMPILED_COMPONENTS:
+        for component in self.present(COMPILED_COMPONENTS, kind):
             for relative, expected in self.artefact(directory, component, kind).files.items():
                 self.verify_file(directory, relative, expected, kind)
 

@@ -117,7 +117,8 @@ def create_app(settings: Settings, engine: ImageEngine, cache: ImageCache, api_k
     app[CACHE] = cache
     app[READINESS] = Readiness()
     app[LIMITS] = RequestLimits(
-        max_prompt_chars=settings.max_prompt_chars, max_steps=settings.max_steps, engine=engine.limits
+        max_prompt_chars=settings.max_prompt_chars, max_steps=settings.max_steps, engine=engine.limits,
+        max_input_pixels=settings.max_input_pixels,
     )
     app[ADMISSION] = AdmissionQueue(
         engine,

@@ -48,6 +48,12 @@ class UnsupportedMediaType(ApiError):
     status, code = 415, "unsupported_media_type"
 
 
+class BodyTooLarge(ApiError):
+    """Over a route's own body limit (the image routes raise theirs above the app's)."""
+
+    status, code = 413, "body_too_large"
+
+
 class Overloaded(ApiError):
     """The admission queue is full: come back after `retry_after` seconds."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from engines.base import DEFAULT_STRENGTH
 from service.schema import FORMATS, GUIDANCE_MAX, MAX_IMAGES_PER_REQUEST, SEED_MAX, RequestLimits
 
 ERROR = {
@@ -40,10 +41,20 @@ def openapi_spec(limits: RequestLimits) -> dict[str, Any]:
         "seed": {"type": "integer", "minimum": -1, "maximum": SEED_MAX,
                  "description": "omitted: derived from the request; -1: a fresh random seed"},
     }
-    generate = {**common, "width": size, "height": size, "format": {"type": "string", "enum": list(FORMATS), "default": "png"}}
+    strength = {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": DEFAULT_STRENGTH,
+                "description": "image-to-image only: how much of the image is redrawn; int(num_inference_steps x strength) "
+                               "steps run and must be at least 1"}
+    image_rule = (f"PNG, JPEG or WebP, at most {limits.max_input_pixels} pixels; the output is its size unless width "
+                  "and height are given, then it is resized to exactly width x height with Lanczos")
+    generate = {**common, "width": size, "height": size, "format": {"type": "string", "enum": list(FORMATS), "default": "png"},
+                "image": {"type": "string", "contentEncoding": "base64", "description": "image-to-image input: " + image_rule},
+                "strength": strength}
     openai = {**common, "n": {"type": "integer", "default": 1, "minimum": 1, "maximum": MAX_IMAGES_PER_REQUEST},
               "size": {"type": "string", "default": "512x512", "pattern": r"^\d+x\d+$"},
               "response_format": {"type": "string", "enum": ["b64_json"]}, "model": {"type": "string"}, "user": {"type": "string"}}
+    edit = {**{k: v for k, v in openai.items() if k != "size"}, "strength": strength,
+            "image": {"type": "string", "format": "binary", "description": image_rule},
+            "size": {"type": "string", "pattern": r"^\d+x\d+$", "description": "default: the image's own size"}}
     errors = _error_responses(400, 413, 415, 422, 429, 503, 504, 500)
     return {
         "openapi": "3.1.0",
@@ -64,6 +75,14 @@ def openapi_spec(limits: RequestLimits) -> dict[str, Any]:
                 "post": {
                     "requestBody": {"required": True, "content": {"application/json": {"schema": {
                         "type": "object", "properties": openai, "required": ["prompt"], "additionalProperties": False}}}},
+                    "responses": {"200": {"description": "base64 PNGs", "content": {"application/json": {}}}, **errors},
+                }
+            },
+            "/v1/images/edits": {
+                "post": {
+                    "description": "OpenAI's images.edit: image-to-image from a multipart form; image i uses seed + i",
+                    "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                        "type": "object", "properties": edit, "required": ["image", "prompt"], "additionalProperties": False}}}},
                     "responses": {"200": {"description": "base64 PNGs", "content": {"application/json": {}}}, **errors},
                 }
             },

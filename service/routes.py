@@ -7,13 +7,15 @@ import base64
 import math
 import time
 from pathlib import Path
-from typing import Awaitable, TypeVar
+from typing import Awaitable, Callable, Mapping, TypeVar
 
 from aiohttp import web
 
-from service.errors import BodyTimeout, DeadlineExceeded, InvalidField, NotReady, UnsupportedMediaType
+from service.errors import BodyTimeout, BodyTooLarge, DeadlineExceeded, InvalidField, NotReady, UnsupportedMediaType
 from service.openapi import openapi_spec
-from service.schema import ImageJob, decode_json_body, parse_generation_request, parse_openai_request
+from service.schema import (
+    ImageJob, decode_json_body, has_input_image, parse_generation_request, parse_openai_edit, parse_openai_request,
+)
 from service.state import ADMISSION, ENGINE, IMAGES, LIMITS, METRICS, READINESS, SETTINGS
 
 STATIC = Path(__file__).with_name("static")
@@ -26,6 +28,7 @@ T = TypeVar("T")
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/generate-image", generate_image)
     app.router.add_post("/v1/images/generations", openai_generations)
+    app.router.add_post("/v1/images/edits", openai_edits)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -50,6 +53,27 @@ async def read_json(request: web.Request, deadline: float) -> object:
     except TimeoutError:
         raise BodyTimeout(f"the request body did not arrive within {limit:.1f} s") from None
     return decode_json_body(raw)
+
+
+def image_body_limit(request: web.Request) -> web.Request:
+    """The routes that carry an input image read bodies up to --max-image-body-bytes; the rest keep --max-body-bytes."""
+    return request.clone(client_max_size=request.app[SETTINGS].max_image_body_bytes)
+
+
+async def read_image_route_body(request: web.Request, read: Callable[[web.Request], Awaitable[T]]) -> T:
+    """`read` on the image routes' larger limit; over it, a 413 that names that limit."""
+    limit = request.app[SETTINGS].max_image_body_bytes
+    try:
+        return await read(image_body_limit(request))
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyTooLarge(f"the request body is larger than this route's limit of {limit} bytes (--max-image-body-bytes)", "image") from None
+
+
+async def parse_off_loop(parse: Callable[..., T], body: object, *args: object) -> T:
+    """Parse on the event loop, unless the body carries an image: decoding one is blocking work."""
+    if has_input_image(body):
+        return await asyncio.to_thread(parse, body, *args)
+    return parse(body, *args)
 
 
 def request_deadline(request: web.Request) -> float:
@@ -115,7 +139,8 @@ async def all_or_none(awaitables: list[Awaitable[T]]) -> list[T]:
 async def generate_image(request: web.Request) -> web.Response:
     require_ready(request)
     deadline = request_deadline(request)
-    job = parse_generation_request(await read_json(request, deadline), request.app[LIMITS], request.headers.get("Accept"))
+    body = await read_image_route_body(request, lambda r: read_json(r, deadline))
+    job = await parse_off_loop(parse_generation_request, body, request.app[LIMITS], request.headers.get("Accept"))
     images = request.app[IMAGES]
     key = images.key(job)
     found = await images.lookup(job, key)
@@ -132,6 +157,38 @@ async def openai_generations(request: web.Request) -> web.Response:
     require_ready(request)
     deadline = request_deadline(request)
     jobs = parse_openai_request(await read_json(request, deadline), request.app[LIMITS])
+    return await openai_answer(request, jobs, deadline)
+
+
+async def openai_edits(request: web.Request) -> web.Response:
+    """OpenAI's images.edit: a multipart form with the image file; the same path as an image in /generate-image."""
+    require_ready(request)
+    deadline = request_deadline(request)
+    if request.content_type != "multipart/form-data":
+        raise UnsupportedMediaType(
+            f"Content-Type must be multipart/form-data, got {request.content_type or 'nothing'}", "Content-Type"
+        )
+    form = await read_image_route_body(request, lambda r: r.post())
+    limits = request.app[LIMITS]
+    jobs = await asyncio.to_thread(lambda: parse_openai_edit(form_fields(form), limits))
+    return await openai_answer(request, jobs, deadline)
+
+
+def form_fields(form: Mapping[str, object]) -> dict[str, str | bytes]:
+    """One value per field; a file part as its bytes (blocking: aiohttp spools files to disk)."""
+    fields: dict[str, str | bytes] = {}
+    for name in dict.fromkeys(form):
+        values = form.getall(name)  # type: ignore[attr-defined]
+        key = name.removesuffix("[]")  # clients that send arrays of images name the part image[]
+        if len(values) > 1 or key in fields:
+            raise InvalidField(f"{key}: one value expected, got {len(values)} (this service edits one image)", key)
+        value = values[0]
+        fields[key] = value.file.read() if isinstance(value, web.FileField) else value
+    return fields
+
+
+async def openai_answer(request: web.Request, jobs: list[ImageJob], deadline: float) -> web.Response:
+    """n PNGs as base64 in one JSON answer, each cached like a /generate-image request."""
     images = request.app[IMAGES]
     results = await within_deadline(
         request, all_or_none([images.get(job, images.key(job), deadline) for job in jobs]), deadline

@@ -15,14 +15,16 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from engines.base import EngineLimits, GenerationRequest
+from engines.base import DEFAULT_STRENGTH, EngineLimits, GenerationRequest
 from service.errors import InvalidField, MalformedBody
+from service.input_images import DEFAULT_MAX_INPUT_PIXELS, base64_bytes, load_pixels, open_image, oriented_size, pixels_sha256
 
 SEED_MAX = 2**32 - 1
 RANDOM_SEED = -1
 GUIDANCE_MAX = 20.0
 FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-FIELDS = ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "seed", "width", "height", "format")
+FIELDS = ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "seed", "width", "height", "format",
+          "image", "strength")
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class RequestLimits:
     max_prompt_chars: int = 2000
     max_steps: int = 4
     engine: EngineLimits = EngineLimits()
+    max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS  # image-to-image: checked from the header, before decoding
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class ImageJob:
 
     generation: GenerationRequest
     output_format: str = "png"
+    image_sha256: str | None = None  # image-to-image: of the pixels the engine gets (see service.input_images)
 
     @property
     def media_type(self) -> str:
@@ -55,6 +59,8 @@ class ImageJob:
             "width": g.width,
             "height": g.height,
             "format": self.output_format,
+            # Only from an image, so that text-to-image keys stay what they were.
+            **({} if self.image_sha256 is None else {"image_sha256": self.image_sha256, "strength": g.strength}),
         }
 
 
@@ -158,9 +164,26 @@ def parse_generation_request(body: Any, limits: RequestLimits, accept: str | Non
     if not omitted_seed and not (seed == RANDOM_SEED or 0 <= seed <= SEED_MAX):
         raise InvalidField(f"seed must be from 0 to {SEED_MAX}, or -1 for a random seed, got {seed}", "seed")
 
-    # 4. Size: multiples of 8 inside what the engine supports.
+    # 4. Image-to-image: the strength, and the input's header (its format and size; a bomb stops here).
     engine_limits = limits.engine
-    size = {name: _integer(body, name, 512) for name in ("width", "height")}
+    image, strength = _input_image(body, limits)
+    if image is None and "strength" in body:
+        raise InvalidField("strength applies to image-to-image only: send an image too, or leave strength out", "strength")
+    if image is not None and int(steps * strength) < 1:
+        raise InvalidField(
+            f"int(num_inference_steps x strength) must be at least 1 (the steps that run from an image), got "
+            f"int({steps} x {strength:g}) = 0: raise num_inference_steps or strength", "strength"
+        )
+
+    # 5. Size: multiples of 8 inside what the engine supports; from an image, its own size unless given.
+    input_size = None if image is None else oriented_size(image)
+    if input_size is not None and "width" not in body and "height" not in body and not engine_limits.supports(*input_size):
+        raise InvalidField(
+            f"image is {input_size[0]}x{input_size[1]}, not a size this engine supports "
+            f"({engine_limits.describe_sizes()}); send width and height to have it resized", "image"
+        )
+    defaults = {"width": 512, "height": 512} if input_size is None else dict(zip(("width", "height"), input_size))
+    size = {name: _integer(body, name, defaults[name]) for name in ("width", "height")}
     for name, value in size.items():
         if value % engine_limits.size_multiple:
             raise InvalidField(f"{name} must be a multiple of {engine_limits.size_multiple}, got {value}", name)
@@ -172,12 +195,12 @@ def parse_generation_request(body: Any, limits: RequestLimits, accept: str | Non
             "height" if in_range else "width",
         )
 
-    # 5. Output format: the field, else the Accept header.
+    # 6. Output format: the field, else the Accept header.
     output_format = body.get("format", preferred_format(accept))
     if not isinstance(output_format, str) or output_format not in FORMATS:
         raise InvalidField(f"format must be one of {', '.join(FORMATS)}, got {output_format!r}", "format")
 
-    # 6. Normalise what does not change the picture, so that it does not change the cache key:
+    # 7. Normalise what does not change the picture, so that it does not change the cache key:
     #    guidance at or below 1 is off, and the negative prompt is read only under guidance.
     if guidance <= 1.0:
         guidance, negative_prompt = 0.0, ""
@@ -190,12 +213,45 @@ def parse_generation_request(body: Any, limits: RequestLimits, accept: str | Non
         height=height,
     )
 
-    # 7. The concrete seed: derived when omitted, fresh when -1.
+    # 8. The input's pixels at the output size (decoded only now that every cheap rule has passed).
+    pixels = image_sha256 = None
+    if image is not None:
+        pixels = load_pixels(image, "image", width, height)
+        image_sha256 = pixels_sha256(pixels)
+
+    # 9. The concrete seed: derived when omitted, fresh when -1.
     if omitted_seed:
-        seed = derived_seed(fields)  # not the format: one picture, whatever its encoding
+        from_image = {} if image_sha256 is None else {"image_sha256": image_sha256, "strength": strength}
+        seed = derived_seed({**fields, **from_image})  # not the format: one picture, whatever its encoding
     elif seed == RANDOM_SEED:
         seed = secrets.randbelow(SEED_MAX + 1)
-    return ImageJob(GenerationRequest(seed=seed, **fields), output_format)
+    generation = GenerationRequest(seed=seed, **fields, image=pixels, strength=strength)
+    return ImageJob(generation, output_format, image_sha256)
+
+
+def has_input_image(body: Any) -> bool:
+    """Whether parsing `body` decodes an image (blocking work: the routes run it off the event loop)."""
+    return isinstance(body, dict) and body.get("image") is not None
+
+
+def _input_image(body: dict[str, Any], limits: RequestLimits) -> tuple[Any, float]:
+    """The input opened lazily (None without one) and the strength; `image` is base64 text (JSON) or
+    the file's bytes (multipart)."""
+    value = body.get("image")
+    if value is None:
+        return None, DEFAULT_STRENGTH
+    if not limits.engine.image_to_image:
+        raise InvalidField(f"image: this engine cannot start from an image: {limits.engine.image_to_image_reason}", "image")
+    if isinstance(value, str):
+        value = base64_bytes(value, "image")
+    elif not isinstance(value, bytes):
+        raise InvalidField(f"image must be a base64 string of a PNG, JPEG or WebP file, got {_json_type(value)}", "image")
+    strength = body.get("strength", DEFAULT_STRENGTH)
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)):
+        raise InvalidField(f"strength must be a number, got {_json_type(strength)}", "strength")
+    if not (math.isfinite(strength) and 0.0 < strength <= 1.0):
+        raise InvalidField(f"strength must be above 0 and at most 1, got {strength}", "strength")
+    return open_image(value, "image", limits.max_input_pixels), float(strength)
 
 
 # --- POST /v1/images/generations: the OpenAI Images API shape over the same rules -----------------
@@ -206,16 +262,18 @@ MAX_IMAGES_PER_REQUEST = 4
 _SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
 
 
-def parse_openai_request(body: Any, limits: RequestLimits) -> list[ImageJob]:
-    """OpenAI's `prompt`, `n`, `size`, `response_format` (b64_json only), plus our own fields.
+def parse_openai_request(body: Any, limits: RequestLimits, edit: bool = False) -> list[ImageJob]:
+    """OpenAI's `prompt`, `n`, `size`, `response_format` (b64_json only), plus our own fields; an edit
+    (`edit`) also takes `image` and `strength`, and keeps the input's size unless `size` is given.
 
     Each of the n images is an ordinary job: image i uses seed + i, so every one is cacheable.
     """
     if not isinstance(body, dict):
         raise MalformedBody(f"the body must be a JSON object, got {_json_type(body)}")
+    allowed = EDIT_FIELDS if edit else OPENAI_FIELDS
     for name in body:
-        if name not in OPENAI_FIELDS:
-            raise InvalidField(f"unknown field {name!r}; the fields are: {', '.join(OPENAI_FIELDS)}", name)
+        if name not in allowed:
+            raise InvalidField(f"unknown field {name!r}; the fields are: {', '.join(allowed)}", name)
     count = _integer(body, "n", 1)
     if not 1 <= count <= MAX_IMAGES_PER_REQUEST:
         raise InvalidField(f"n must be from 1 to {MAX_IMAGES_PER_REQUEST}, got {count}", "n")
@@ -224,13 +282,40 @@ def parse_openai_request(body: Any, limits: RequestLimits) -> list[ImageJob]:
     for name in ("model", "user"):
         if name in body and not isinstance(body[name], str):
             raise InvalidField(f"{name} must be a string, got {_json_type(body[name])}", name)
-    size = body.get("size", "512x512")
-    # ASCII digits only: str.isdigit and int() also take "²" or "５".
-    match = _SIZE.fullmatch(size) if isinstance(size, str) else None
-    if match is None:
-        raise InvalidField(f"size must be WIDTHxHEIGHT in ASCII digits, such as 512x512, got {size!r}", "size")
-    parts = match.groups()
-    fields = {k: body[k] for k in ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "seed") if k in body}
-    first = parse_generation_request({**fields, "width": int(parts[0]), "height": int(parts[1])}, limits)
+    size = body.get("size", None if edit else "512x512")
+    passed = ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "seed", "image", "strength")
+    fields = {k: body[k] for k in passed if k in body}
+    if size is not None:
+        # ASCII digits only: str.isdigit and int() also take "²" or "５".
+        match = _SIZE.fullmatch(size) if isinstance(size, str) else None
+        if match is None:
+            raise InvalidField(f"size must be WIDTHxHEIGHT in ASCII digits, such as 512x512, got {size!r}", "size")
+        fields.update(width=int(match.group(1)), height=int(match.group(2)))
+    first = parse_generation_request(fields, limits)
     seeds = [(first.generation.seed + i) % (SEED_MAX + 1) for i in range(count)]
-    return [ImageJob(dataclasses.replace(first.generation, seed=seed), "png") for seed in seeds]
+    return [ImageJob(dataclasses.replace(first.generation, seed=seed), "png", first.image_sha256) for seed in seeds]
+
+
+# --- POST /v1/images/edits: OpenAI's multipart form over the same rules, from an image ------------
+
+EDIT_FIELDS = (*OPENAI_FIELDS, "image", "strength")
+_FORM_NUMBERS: dict[str, type] = {"n": int, "seed": int, "num_inference_steps": int, "guidance_scale": float, "strength": float}
+
+
+def parse_openai_edit(form: dict[str, str | bytes], limits: RequestLimits) -> list[ImageJob]:
+    """multipart/form-data, as OpenAI's client sends `images.edit`: every value is text but the image
+    file's bytes; numbers are read from their text, then the JSON route's rules apply."""
+    body: dict[str, Any] = {}
+    for name, value in form.items():
+        kind = _FORM_NUMBERS.get(name)
+        if kind is None or not isinstance(value, str):
+            body[name] = value
+            continue
+        try:
+            body[name] = kind(value)
+        except ValueError:
+            noun = "an integer" if kind is int else "a number"
+            raise InvalidField(f"{name} must be {noun}, got {value!r}", name) from None
+    if "image" not in body:
+        raise InvalidField("image is required: the PNG, JPEG or WebP file to start from", "image")
+    return parse_openai_request(body, limits, edit=True)

@@ -46,6 +46,8 @@ class Settings:
     cache_size: int = 2 * 1024**3
     presets_dir: Path | None = None
     max_body_bytes: int = 64 * 1024
+    max_image_body_bytes: int = 16 * 1024**2  # the routes that carry an input image
+    max_input_pixels: int = 4096 * 4096
     max_prompt_chars: int = 2000
     max_steps: int = 4
     max_queue: int = 32
@@ -119,6 +121,8 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "cache_size": (lambda t: _positive_size(t), "image cache size limit, e.g. 2GB"),
     "presets_dir": (Path, "where the tiny preset is saved once built"),
     "max_body_bytes": (_bounded(int, 1024, 16 * 1024**2), "largest request body accepted"),
+    "max_image_body_bytes": (_bounded(int, 1024, 256 * 1024**2), "largest body of the routes that carry an input image"),
+    "max_input_pixels": (_bounded(int, 64, 2**28), "most pixels of an input image, checked before it is decoded"),
     "max_prompt_chars": (_bounded(int, 1, 100_000), "longest prompt accepted, in characters"),
     "max_steps": (_bounded(int, 1, 50), "most inference steps a request may ask for"),
     "max_queue": (_bounded(int, 1, 100_000), "work waiting for the model before new requests get 429, in 512x512 1-step images (a request counts pixels x steps x 2 with guidance)"),

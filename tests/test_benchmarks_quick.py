@@ -61,6 +61,8 @@ def test_quick_json_has_every_section(quick_run: dict[str, Path]) -> None:
     for level in misses:  # every miss is a new request, answered by the model
         assert level["ok"] == level["requests"] and level["x_cache"] == {"MISS": level["requests"]}
         assert level["latency_s"]["p50"] <= level["latency_s"]["p99"] <= level["latency_s"]["max"]
+    (image_to_image,) = results["http"]["image_to_image"]  # beside text-to-image, each a new request
+    assert image_to_image["ok"] == image_to_image["requests"] > 0 and image_to_image["x_cache"] == {"MISS": image_to_image["requests"]}
     for level in results["http"]["mixed"]:
         assert level["x_cache"].get("HIT", 0) == round(results["plan"]["mixed_requests"] * results["plan"]["mixed_hit_share"])
 

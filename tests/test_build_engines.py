@@ -28,7 +28,7 @@ def onnx_only(out: Path, presets_dir: Path, *extra: str) -> list[str]:
 
 def test_the_first_build_wrote_graphs_and_a_manifest(onnx_engines: Path) -> None:
     manifest = Manifest.read(onnx_engines)
-    assert sorted(p.name for p in onnx_engines.iterdir()) == ["manifest.json", "unet", "vae_decoder"]
+    assert sorted(p.name for p in onnx_engines.iterdir()) == ["manifest.json", "unet", "vae_decoder", "vae_encoder"]
     assert manifest.gpu is None and manifest.versions["tensorrt"] is None
     for name, entry in manifest.components.items():
         assert entry.plan is None
@@ -50,8 +50,9 @@ def test_a_changed_graph_is_made_again_and_only_it(engines_copy: Path, presets_d
     result = run_build_engines(onnx_only(engines_copy, presets_dir))
     assert result.returncode == 0, result.stderr
     assert "vae_decoder/model.onnx changed since it was built; making it again" in result.stderr
-    assert "[1/2] exporting unet to ONNX: up to date" in result.stderr
-    assert "[2/2] exporting vae_decoder to ONNX: done" in result.stderr
+    assert "[1/3] exporting unet to ONNX: up to date" in result.stderr
+    assert "[2/3] exporting vae_encoder to ONNX: up to date" in result.stderr
+    assert "[3/3] exporting vae_decoder to ONNX: done" in result.stderr
     assert snapshot(engines_copy / "unet") == unet_before
     Manifest.read(engines_copy).verify_files(engines_copy, "onnx")
 

@@ -75,7 +75,8 @@ RAW_ERRORS = [
 @pytest.mark.parametrize(("raw", "content_type", "status", "code"), RAW_ERRORS)
 async def test_bad_body_is_refused_with_json(make_client, raw, content_type, status, code):
     engine = ControlledEngine()
-    client = await make_client(engine)
+    # /generate-image carries input images, so its limit is --max-image-body-bytes (16 MiB by default).
+    client = await make_client(engine, max_image_body_bytes=64 * 1024)
     reply = await client.post("/generate-image", data=raw, headers={"Content-Type": content_type})
     assert reply.status == status
     assert reply.content_type == "application/json"
@@ -117,5 +118,5 @@ def test_real_service_answers_bad_input_with_json(tiny_service):
     """The subprocess too: a bad request over a real socket gets JSON, not a traceback."""
     reply = request(tiny_service.base_url, "POST", "/generate-image", body=b"{oops", headers={"Content-Type": "application/json"})
     assert reply.status == 400 and reply.json()["error"]["code"] == "malformed_body"
-    big = request(tiny_service.base_url, "POST", "/generate-image", body=b"x" * 100_000, headers={"Content-Type": "application/json"})
+    big = request(tiny_service.base_url, "POST", "/generate-image", body=b"x" * (16 * 1024**2 + 1), headers={"Content-Type": "application/json"})
     assert big.status == 413 and big.json()["error"]["code"] == "body_too_large"

@@ -34,7 +34,7 @@ def test_written_manifest_reads_back_the_same(engines) -> None:
 def test_write_is_atomic_and_readable_by_others(engines) -> None:
     directory, manifest = engines
     manifest.write(directory)
-    assert sorted(p.name for p in directory.iterdir() if p.is_file()) == [MANIFEST_NAME, "unet.plan", "vae_decoder.plan"]
+    assert sorted(p.name for p in directory.iterdir() if p.is_file()) == [MANIFEST_NAME, "unet.plan", "vae_decoder.plan", "vae_encoder.plan"]
     assert stat.S_IMODE((directory / MANIFEST_NAME).stat().st_mode) == 0o644
 
 

@@ -75,3 +75,48 @@ def test_a_size_the_graph_cannot_take_is_refused_before_the_engine(onnx_service:
         "message": "width must be a multiple of 16, got 520",
         "field": "width",
     }
+
+
+def test_image_to_image_matches_pytorch_in_float32(onnx_service: ServiceProcess, presets_dir: Path) -> None:
+    from tests.test_image_to_image_http import b64, encoded, picture
+
+    pixels = picture(384, 256, seed=5)
+    body = {"prompt": EXAMPLE_PROMPT, "seed": 3, "image": b64(encoded(pixels)), "strength": 0.5, "num_inference_steps": 2}
+    reply = generate(onnx_service.base_url, body)
+    assert reply.status == 200, reply.body[:500]
+    served = np.asarray(reply.image().convert("RGB"), dtype=np.int16)
+    reference = TorchEngine("tiny", device="cpu", precision="fp32", presets_dir=presets_dir)
+    reference.load()
+    try:
+        request_ = GenerationRequest(prompt=EXAMPLE_PROMPT, seed=3, num_inference_steps=2, width=384, height=256,
+                                     image=pixels, strength=0.5)
+        expected = reference.generate([request_])[0].astype(np.int16)
+    finally:
+        reference.close()
+    difference = np.abs(served - expected)
+    assert difference.max() <= 2 and difference.mean() < 0.05
+
+
+def test_a_build_from_before_image_to_image_serves_text_and_names_the_rebuild(onnx_engines: Path, presets_dir: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from engines.backends.onnxruntime_engine import OnnxRuntimeEngine
+    from engines.manifest import Manifest
+
+    old = tmp_path / "engines"
+    shutil.copytree(onnx_engines, old)
+    data = json.loads((old / "manifest.json").read_text())
+    del data["components"]["vae_encoder"]  # what a build made before the encoder existed records
+    (old / "manifest.json").write_text(json.dumps(data))
+    shutil.rmtree(old / "vae_encoder")
+    engine = OnnxRuntimeEngine("tiny", old, Manifest.read(old), device="cpu", presets_dir=presets_dir)
+    assert not engine.limits.image_to_image
+    assert "built before image-to-image" in engine.limits.image_to_image_reason
+    assert f"python build_engines.py --model tiny --out {old}" in engine.limits.image_to_image_reason
+    engine.load()
+    try:
+        (image,) = engine.generate([GenerationRequest(prompt=EXAMPLE_PROMPT, seed=1, width=256, height=256)])
+        assert image.shape == (256, 256, 3)
+    finally:
+        engine.close()

@@ -48,7 +48,7 @@ async def test_openapi_describes_the_routes_and_the_live_limits(make_client):
     client = await make_client(ControlledEngine(), max_steps=3)
     spec = await (await client.get("/openapi.json")).json()
     registered = {r.resource.canonical for r in client.app.router.routes() if r.method in ("GET", "POST")}
-    documented = {"/generate-image", "/v1/images/generations", "/healthz", "/readyz", "/metrics"}
+    documented = {"/generate-image", "/v1/images/generations", "/v1/images/edits", "/healthz", "/readyz", "/metrics"}
     assert set(spec["paths"]) == documented
     assert registered - documented == {"/", "/openapi.json"}, "every other route is in the spec"
     schema = spec["paths"]["/generate-image"]["post"]["requestBody"]["content"]["application/json"]["schema"]

@@ -20,6 +20,9 @@ from engines.backends.torch_engine import TorchEngine
 from tests.helpers import EXAMPLE_PROMPT, ServiceProcess, generate, request, run_build_engines, running_service
 
 REQUESTS = [GenerationRequest(prompt=EXAMPLE_PROMPT, seed=42), GenerationRequest(prompt="a red bicycle", seed=7, num_inference_steps=2)]
+# Image-to-image runs the VAE encoder too (strength 0.5, 2 steps: SDXL Turbo's own example).
+REQUESTS.append(GenerationRequest(prompt="a red bicycle", seed=8, num_inference_steps=2, strength=0.5, width=384, height=256,
+                                  image=np.random.default_rng(0).integers(0, 256, (256, 384, 3), dtype=np.uint8)))
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +48,7 @@ def openvino_images(openvino_engines: Path, presets_dir: Path, precision: str) -
 def test_the_cpu_build_records_openvino_and_the_processor(openvino_engines: Path) -> None:
     data = json.loads((openvino_engines / "manifest.json").read_text())
     assert data["versions"]["openvino"] and data["cpu"]["bf16"] == cpu_has_bf16()
-    for name in ("unet", "vae_decoder"):
+    for name in ("unet", "vae_decoder", "vae_encoder"):
         entry = data["components"][name]
         assert entry["onnx"] is None and entry["plan"] is None
         assert entry["openvino"]["path"] == f"{name}.openvino/model.xml"

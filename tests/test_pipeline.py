@@ -120,3 +120,70 @@ def test_prompt_embedding_cache_skips_the_encoders_and_changes_nothing(tiny_fp32
     cached.encode(["a bird"])  # evicts the least recently used ("a dog")
     cached.encode(["a dog"])
     assert len(calls) == 4
+
+
+IMAGE_TO_IMAGE_CASES = [
+    pytest.param(2, 0.5, 0.0, id="2-steps-strength-0.5"),
+    pytest.param(4, 0.75, 0.0, id="4-steps-strength-0.75"),
+    pytest.param(1, 1.0, 0.0, id="1-step-strength-1"),
+    pytest.param(3, 0.7, 4.0, id="guidance-strength-0.7"),
+]
+
+
+@pytest.mark.parametrize(("steps", "strength", "guidance"), IMAGE_TO_IMAGE_CASES)
+def test_image_to_image_matches_diffusers_img2img_pipeline(tiny_fp32, ours, steps, strength, guidance):
+    """Same components, seeds and strength as StableDiffusionXLImg2ImgPipeline: the encoder's sample,
+    the timesteps the strength selects, the noise added for the first one, then the same loop."""
+    import numpy as np
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+    from PIL import Image
+
+    c = tiny_fp32
+    reference = StableDiffusionXLImg2ImgPipeline(
+        vae=c.vae, text_encoder=c.text_encoder, text_encoder_2=c.text_encoder_2, tokenizer=c.tokenizer,
+        tokenizer_2=c.tokenizer_2, unet=c.unet, scheduler=make_scheduler(c.scheduler_config),
+    )
+    reference.set_progress_bar_config(disable=True)
+    rng = np.random.default_rng(0)
+    pixels = [rng.integers(0, 256, (192, 256, 3), dtype=np.uint8) for _ in range(2)]
+    prompts, seeds = ["a red cat", "a blue dog"], [7, 1234]
+    expected = reference(
+        prompt=prompts,
+        image=[Image.fromarray(p) for p in pixels],
+        strength=strength,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=[torch.Generator().manual_seed(s) for s in seeds],
+        output_type="pt",
+    ).images
+    got = ours.denoise_and_decode(
+        [
+            GenerationRequest(prompt=p, num_inference_steps=steps, guidance_scale=guidance, seed=s, width=256,
+                              height=192, image=image, strength=strength)
+            for p, s, image in zip(prompts, seeds, pixels)
+        ]
+    )
+    assert got.shape == expected.shape == (2, 3, 192, 256)
+    assert (got - expected).abs().max().item() < 1e-5
+
+
+def test_image_to_image_that_would_run_no_step_is_refused(ours):
+    import numpy as np
+
+    image = np.zeros((256, 256, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="at least 1"):
+        ours([GenerationRequest(prompt="a", num_inference_steps=1, strength=0.5, width=256, height=256, image=image)])
+
+
+def test_image_to_image_batch_items_equal_their_images_alone(ours):
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    requests = [
+        GenerationRequest(prompt=f"prompt {i}", num_inference_steps=2, seed=50 + i, width=256, height=256,
+                          image=rng.integers(0, 256, (256, 256, 3), dtype=np.uint8), strength=0.5)
+        for i in range(2)
+    ]
+    batched = ours(requests)
+    for request, image in zip(requests, batched):
+        assert (image == ours([request])[0]).all()

@@ -16,7 +16,7 @@ from engines import select
 from engines.build import builder
 from engines.build.builder import BuildError, BuildRequest, build
 from engines.core.hardware import GpuInfo
-from engines.core.specs import UNET, VAE_DECODER, BuildRange
+from engines.core.specs import UNET, VAE_DECODER, VAE_ENCODER, BuildRange
 from engines.manifest import Manifest, ManifestError
 from engines.models import sources
 from tests import fake_tensorrt
@@ -77,12 +77,16 @@ def test_the_vae_plan_stays_fp32_with_tf32(built, trt) -> None:
     assert vae.plan.details["graph"] == "vae_decoder/model.onnx"
     assert vae.plan.details["precision"] == "tf32"
     assert vae.plan.details["io_dtypes"] == {"latents": "FLOAT", "images": "FLOAT"}
-    assert trt.options.calls["flags"] == ["TF32"]  # set once, for the VAE
+    # The encoder (image-to-image) is kept out of fp16 the same way.
+    encoder = Manifest.read(out).components[VAE_ENCODER]
+    assert encoder.typed_onnx is None and encoder.plan.details["precision"] == "tf32"
+    assert encoder.plan.details["io_dtypes"] == {"images": "FLOAT", "moments": "FLOAT"}
+    assert trt.options.calls["flags"] == ["TF32", "TF32"]  # set once per VAE plan, never for the UNet
 
 
 def test_the_torch_model_is_freed_before_tensorrt_builds(built) -> None:
     _, report = built
-    assert report.torch_models_alive_at_plans == [0, 0]
+    assert report.torch_models_alive_at_plans == [0, 0, 0]
 
 
 def test_the_timing_cache_is_keyed_by_gpu_and_tensorrt(built) -> None:
@@ -109,7 +113,7 @@ def test_a_second_build_loads_no_weights_and_makes_nothing(built, presets_dir, m
     monkeypatch.setattr(builder, "load_components", no_loading)
     report = build(BuildRequest(model="tiny", out=out, build_range=RANGE, presets_dir=presets_dir))
     assert report.made == [] and not report.manifest_written
-    assert len(report.reused) == 5  # two fp32 graphs, the fp16 UNet graph, two plans
+    assert len(report.reused) == 7  # three fp32 graphs, the fp16 UNet graph, three plans
 
 
 def test_plans_without_a_read_back_precision_are_refused(built) -> None:

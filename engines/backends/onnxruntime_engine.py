@@ -1,4 +1,4 @@
-"""ONNX Runtime: the exported UNet and VAE decoder as the loop's runners (CUDA execution provider where
+"""ONNX Runtime: the exported UNet and VAE decoder (and encoder, for image-to-image) as the loop's runners (CUDA execution provider where
 present, the CPU otherwise); the text encoders stay in PyTorch.
 """
 
@@ -16,7 +16,7 @@ from engines.core.engine import PipelineEngine
 from engines.core.hardware import usable_cpu_count
 from engines.core.numerics import choose_numerics, onnxruntime_name, onnxruntime_text_precision
 from engines.core.pipeline import SDXLTurboPipeline
-from engines.core.specs import UNET, VAE_DECODER, ComponentSpec
+from engines.core.specs import COMPILED_COMPONENTS, UNET, VAE_DECODER, VAE_ENCODER, ComponentSpec
 from engines.manifest import Manifest
 
 logger = logging.getLogger(__name__)
@@ -81,7 +81,9 @@ class OnnxRuntimeEngine(PipelineEngine):
         text_precision = onnxruntime_text_precision(precision, on_cuda)
         self.numerics = choose_numerics("cuda" if on_cuda else "cpu", text_precision)
         # Dynamic axes: any size the traced UNet can take, with the default range and batch.
-        super().__init__(onnxruntime_name(on_cuda, text_precision), EngineLimits(size_multiple=manifest.dims.size_multiple))
+        missing = manifest.image_to_image_missing(engine_dir, "onnx")
+        limits = EngineLimits(size_multiple=manifest.dims.size_multiple, image_to_image=not missing, image_to_image_reason=missing)
+        super().__init__(onnxruntime_name(on_cuda, text_precision), limits)
 
     def load(self) -> None:
         side = load_text_side(self.model, self.numerics, self.presets_dir, revision=self.revision)
@@ -89,12 +91,13 @@ class OnnxRuntimeEngine(PipelineEngine):
         specs = self.manifest.dims.specs()
         threads = usable_cpu_count()
         runners = {}
-        for name in (UNET, VAE_DECODER):
+        for name in self.manifest.present(COMPILED_COMPONENTS, "onnx"):
             path = self.engine_dir / self.manifest.artefact(self.engine_dir, name, "onnx").path
             session = onnxruntime_session(path, self.providers, threads)
             runners[name] = OnnxRuntimeRunner(session, specs[name], self.numerics.device, self.numerics.splits_batches)
         self._pipeline = SDXLTurboPipeline(
-            side.text_encoders, runners[UNET], runners[VAE_DECODER], side.config, self.numerics.device
+            side.text_encoders, runners[UNET], runners[VAE_DECODER], side.config, self.numerics.device,
+            vae_encoder=runners.get(VAE_ENCODER),
         )
         self.info.model_fingerprint = side.fingerprint
         logger.info("loaded ONNX graphs from %s with %s (%s)", self.engine_dir, ", ".join(self.providers), self.info.name)

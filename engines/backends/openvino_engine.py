@@ -1,4 +1,4 @@
-"""OpenVINO: the UNet and VAE decoder IR from `build_engines.py --target cpu` as the loop's runners.
+"""OpenVINO: the UNet and VAE decoder (and encoder, for image-to-image) IR from `build_engines.py --target cpu` as the loop's runners.
 
 The CPU path at the silicon's limit: OpenVINO compiles the graphs for this processor, in bf16 where
 it has native bf16 (AVX-512 BF16, AMX), else f32. The text encoders stay in PyTorch (a few percent
@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from engines.backends.torch_runners import TorchVAEDecoder, load_text_side, per_item
+from engines.backends.torch_runners import TINY_VAE_NO_IMAGE_TO_IMAGE, TorchVAEDecoder, load_text_side, per_item
 from engines.base import EngineLimits
 from engines.core.engine import PipelineEngine
 from engines.core.hardware import usable_cpu_count
 from engines.core.modules import VAEDecoderModule
 from engines.core.numerics import choose_numerics, openvino_name, openvino_precision
 from engines.core.pipeline import SDXLTurboPipeline
-from engines.core.specs import UNET, VAE_DECODER, ComponentSpec, ModelDims, trace_size
+from engines.core.specs import UNET, VAE_DECODER, VAE_ENCODER, ComponentSpec, ModelDims, trace_size
 from engines.manifest import Manifest
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,8 @@ class OpenVINOEngine(PipelineEngine):
         self.precision = openvino_precision(precision)
         # Text encoders in torch with the same arithmetic (bf16 or fp32) on the CPU.
         self.numerics = choose_numerics("cpu", "bf16" if self.precision == "bf16" else "fp32")
-        limits = EngineLimits(size_multiple=manifest.dims.size_multiple)
+        missing = TINY_VAE_NO_IMAGE_TO_IMAGE if vae == "tiny" else manifest.image_to_image_missing(engine_dir, "openvino")
+        limits = EngineLimits(size_multiple=manifest.dims.size_multiple, image_to_image=not missing, image_to_image_reason=missing)
         super().__init__(openvino_name(self.precision, tiny_vae=vae == "tiny"), limits)
 
     def load(self) -> None:
@@ -119,7 +120,8 @@ class OpenVINOEngine(PipelineEngine):
             return OpenVINORunner(compile_for_cpu(path, self.precision), specs[name])
 
         vae_decoder = compiled(VAE_DECODER) if side.tiny_vae is None else self._compile_tiny_vae(side.tiny_vae, specs)
-        self._pipeline = SDXLTurboPipeline(side.text_encoders, compiled(UNET), vae_decoder, side.config, "cpu")
+        vae_encoder = compiled(VAE_ENCODER) if self.limits.image_to_image else None
+        self._pipeline = SDXLTurboPipeline(side.text_encoders, compiled(UNET), vae_decoder, side.config, "cpu", vae_encoder)
         self.info.model_fingerprint = side.fingerprint
         logger.info("loaded OpenVINO IR from %s (%s)", self.engine_dir, self.info.name)
 

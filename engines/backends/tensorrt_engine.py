@@ -1,4 +1,4 @@
-"""TensorRT at run time: the built plans as the loop's UNet and VAE runners (engines/build builds them).
+"""TensorRT at run time: the built plans as the loop's UNet and VAE runners (the encoder where built) (engines/build builds them).
 
 Written against the TensorRT 11 Python API (and 10.12 or later); every name used is listed, with
 where it was checked, in tests/tensorrt_api.py. `tensorrt` is imported only when a plan is built or
@@ -12,6 +12,7 @@ with `execute_async_v3` on one non-default CUDA stream. Every refusal from Tenso
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -24,7 +25,7 @@ from engines.core.engine import PipelineEngine
 from engines.core.files import bytes_sha256
 from engines.core.numerics import choose_numerics, tensorrt_name
 from engines.core.pipeline import SDXLTurboPipeline
-from engines.core.specs import COMPILED_COMPONENTS, UNET, VAE_DECODER, ComponentSpec
+from engines.core.specs import COMPILED_COMPONENTS, UNET, VAE_DECODER, VAE_ENCODER, ComponentSpec
 from engines.manifest import Manifest
 
 logger = logging.getLogger(__name__)
@@ -170,7 +171,8 @@ class TensorRTEngine(PipelineEngine):
         self.numerics = choose_numerics("cuda", "fp16")
         plans = [manifest.artefact(engine_dir, name, "plan") for name in (UNET, VAE_DECODER)]
         unet_precision, vae = (plan.details.get("precision", "?") for plan in plans)
-        limits = manifest.build_range.limits(manifest.dims.size_multiple)
+        missing = manifest.image_to_image_missing(engine_dir, "plan")
+        limits = replace(manifest.build_range.limits(manifest.dims.size_multiple), image_to_image=not missing, image_to_image_reason=missing)
         super().__init__(tensorrt_name(unet_precision, vae), limits)
         self._plans: LoadedPlans | None = None
         self._stream: torch.cuda.Stream | None = None
@@ -179,7 +181,7 @@ class TensorRTEngine(PipelineEngine):
         side = load_text_side(self.model, self.numerics, self.presets_dir, revision=self.revision)
         self.manifest.check_model(self.engine_dir, self.model, side.fingerprint, "plan")
         plans = {}
-        for name in COMPILED_COMPONENTS:
+        for name in self.manifest.present(COMPILED_COMPONENTS, "plan"):
             artefact = self.manifest.artefact(self.engine_dir, name, "plan")
             plan = (self.engine_dir / artefact.path).read_bytes()
             # The bytes deserialized are the bytes hashed: no window for a swap after the check.
@@ -190,7 +192,9 @@ class TensorRTEngine(PipelineEngine):
         self._plans = LoadedPlans(plans, self.manifest.dims.specs())
         self._stream = torch.cuda.Stream()  # not the default stream: TensorRT synchronises on that one
         runners = self._plans.runners
-        self._pipeline = SDXLTurboPipeline(side.text_encoders, runners[UNET], runners[VAE_DECODER], side.config, "cuda")
+        self._pipeline = SDXLTurboPipeline(
+            side.text_encoders, runners[UNET], runners[VAE_DECODER], side.config, "cuda", runners.get(VAE_ENCODER)
+        )
         self.info.model_fingerprint = side.fingerprint
         logger.info("loaded TensorRT plans from %s (%s)", self.engine_dir, self.info.name)
 

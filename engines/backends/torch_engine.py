@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from engines.base import EngineLimits
-from engines.backends.torch_runners import build_torch_pipeline, use_all_cores
+from engines.backends.torch_runners import TINY_VAE_NO_IMAGE_TO_IMAGE, build_torch_pipeline, use_all_cores
 from engines.core.engine import PipelineEngine
 from engines.core.numerics import choose_numerics
 from engines.models.sources import load_components
@@ -24,7 +24,9 @@ class TorchEngine(PipelineEngine):
         self.model, self.vae, self.revision = model, vae, revision
         self.numerics = choose_numerics(device, precision)
         self.presets_dir = presets_dir
-        super().__init__(self.numerics.name(tiny_vae=vae == "tiny"), EngineLimits())
+        tiny = vae == "tiny"
+        limits = EngineLimits(image_to_image=not tiny, image_to_image_reason=TINY_VAE_NO_IMAGE_TO_IMAGE if tiny else "")
+        super().__init__(self.numerics.name(tiny_vae=tiny), limits)
 
     def load(self) -> None:
         use_all_cores(self.numerics)

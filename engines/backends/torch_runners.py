@@ -1,4 +1,4 @@
-"""PyTorch pieces every backend uses: the UNet and VAE runners, and the text side (both CLIP encoders,
+"""PyTorch pieces every backend uses: the UNet and VAE runners (decoder and encoder), and the text side (both CLIP encoders,
 the loop's config, the model's fingerprint) that the compiled backends keep in PyTorch."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 
 from engines.core.hardware import usable_cpu_count
-from engines.core.modules import UNetModule, VAEDecoderModule
+from engines.core.modules import UNetModule, VAEDecoderModule, VAEEncoderModule
 from engines.core.numerics import TorchNumerics
 from engines.core.pipeline import PipelineConfig, SDXLTurboPipeline
 from engines.core.text_encoders import TorchTextEncoders
@@ -43,14 +43,22 @@ class TorchUNet:
 
 
 class TorchVAEDecoder:
+    wrapper: Callable[[torch.nn.Module], torch.nn.Module] = VAEDecoderModule
+
     def __init__(self, vae: torch.nn.Module, dtype: torch.dtype, split_batch: bool) -> None:
         self.vae, self.dtype, self.split_batch = vae, dtype, split_batch
-        self.module = VAEDecoderModule(vae)
+        self.module = type(self).wrapper(vae)
 
     @torch.inference_mode()
-    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
-        latents = latents.to(self.dtype)
-        return (per_item(self.module, latents) if self.split_batch else self.module(latents)).float()
+    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.to(self.dtype)
+        return (per_item(self.module, tensor) if self.split_batch else self.module(tensor)).float()
+
+
+class TorchVAEEncoder(TorchVAEDecoder):
+    """The other half of the same VAE, in the same dtype: images in, the latent moments out."""
+
+    wrapper = VAEEncoderModule
 
 
 def use_all_cores(numerics: TorchNumerics) -> None:
@@ -93,6 +101,17 @@ def torch_vae_decoder(components: SDXLComponents, numerics: TorchNumerics) -> To
     return TorchVAEDecoder(_place(components.vae, numerics.device, dtype), dtype, numerics.splits_batches)
 
 
+def torch_vae_encoder(components: SDXLComponents, numerics: TorchNumerics) -> TorchVAEEncoder | None:
+    """The SDXL VAE's encoder, beside its decoder (never fp16); None with the tiny autoencoder, whose
+    deterministic encoder is not diffusers' sampled one (image-to-image needs the full VAE)."""
+    if components.tiny_vae:
+        return None
+    return TorchVAEEncoder(_place(components.vae, numerics.device, numerics.vae_dtype), numerics.vae_dtype, numerics.splits_batches)
+
+
+TINY_VAE_NO_IMAGE_TO_IMAGE = "image-to-image needs the full VAE's encoder; this service runs --vae tiny"
+
+
 def build_torch_pipeline(components: SDXLComponents, numerics: TorchNumerics) -> SDXLTurboPipeline:
     """Move components to their device and dtype and wrap them as the loop's runners."""
     device = numerics.device
@@ -102,6 +121,7 @@ def build_torch_pipeline(components: SDXLComponents, numerics: TorchNumerics) ->
         torch_vae_decoder(components, numerics),
         pipeline_config(components),
         device,
+        vae_encoder=torch_vae_encoder(components, numerics),
     )
 
 

@@ -32,7 +32,7 @@ from engines.core.files import file_sha256, package_version
 from engines.core.golden import GoldenImage, golden_request, self_test_problem
 from engines.core.hardware import GpuInfo, cpu_features, cuda_gpu
 from engines.core.numerics import PRECISION_NAMES, tensorrt_graph
-from engines.core.specs import COMPILED_COMPONENTS, UNET, BuildRange, ComponentSpec
+from engines.core.specs import COMPILED_COMPONENTS, UNET, VAE_ENCODER, BuildRange, ComponentSpec
 from engines.manifest import MANIFEST_NAME, Artefact, ArtefactKind, ComponentEntry, Manifest, ManifestError, inputs_key
 from engines.models.components import SDXLComponents
 from engines.models.sources import load_components, model_fingerprint
@@ -139,9 +139,12 @@ class _Model:
 
     def release(self, component: str) -> None:
         """Drop a component's torch weights once nothing more is made from them (the full UNet is 10 GB)."""
-        if "components" not in self.__dict__:
-            return  # never loaded
-        self.__dict__.get("modules", {}).pop(component, None)
+        if "components" not in self.__dict__ or component == VAE_ENCODER:
+            return  # never loaded; or the encoder, whose VAE the decoder still needs (its release frees it)
+        modules = self.__dict__.get("modules", {})
+        modules.pop(component, None)
+        if component != UNET:
+            modules.pop(VAE_ENCODER, None)  # the decoder's release frees the VAE both wrappers hold
         setattr(self.components, "unet" if component == UNET else "vae", None)
         gc.collect()
         if torch.cuda.is_available():

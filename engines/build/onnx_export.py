@@ -1,4 +1,4 @@
-"""torch -> ONNX for the UNet and the VAE decoder, and a numerical check of the result in ONNX Runtime.
+"""torch -> ONNX for the UNet and the VAE decoder and encoder, and a numerical check of the result in ONNX Runtime.
 
 The exported graphs take and return exactly what the loop's runners do (`engines.core.pipeline.UNetRunner`,
 `VAEDecoderRunner`), in float32, with dynamic batch, height and width; the names and axes
@@ -19,8 +19,8 @@ import torch
 from engines.backends.onnxruntime_engine import onnxruntime_session
 from engines.build.checks import NumericCheck, check_size, compare
 from engines.core.files import replaced_directory
-from engines.core.modules import UNetModule, VAEDecoderModule
-from engines.core.specs import UNET, VAE_DECODER, ComponentSpec, ModelDims, trace_size
+from engines.core.modules import UNetModule, VAEDecoderModule, VAEEncoderModule
+from engines.core.specs import UNET, VAE_DECODER, VAE_ENCODER, ComponentSpec, ModelDims, trace_size
 from engines.models.components import SDXLComponents
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,11 @@ PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2  # a margin for the graph itself
 
 def export_modules(components: SDXLComponents) -> dict[str, torch.nn.Module]:
     """The modules to export, by component name; they must be float32."""
-    return {UNET: UNetModule(components.unet).eval(), VAE_DECODER: VAEDecoderModule(components.vae).eval()}
+    return {
+        UNET: UNetModule(components.unet).eval(),
+        VAE_ENCODER: VAEEncoderModule(components.vae).eval(),
+        VAE_DECODER: VAEDecoderModule(components.vae).eval(),
+    }
 
 
 def model_dims(components: SDXLComponents) -> ModelDims:

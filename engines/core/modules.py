@@ -1,4 +1,4 @@
-"""The UNet and the VAE decoder as modules with the loop's runner signatures (engines/core/pipeline.py).
+"""The UNet and the VAE decoder and encoder as modules with the loop's runner signatures (engines/core/pipeline.py).
 
 The PyTorch runners call them, and ONNX export and the OpenVINO conversion trace them: one
 definition of what each component takes and returns.
@@ -42,3 +42,15 @@ class VAEDecoderModule(torch.nn.Module):
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(latents, return_dict=False)[0]
+
+
+class VAEEncoderModule(torch.nn.Module):
+    """The VAE's encoder half: an image in [-1, 1] in, the latent distribution's moments out
+    (mean and log-variance, before any sampling: random numbers stay in the loop)."""
+
+    def __init__(self, vae: torch.nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(images, return_dict=False)[0].parameters

@@ -20,7 +20,12 @@ LATENT_HEIGHT, LATENT_WIDTH = "latent_height", "latent_width"
 
 UNET = "unet"
 VAE_DECODER = "vae_decoder"
-COMPILED_COMPONENTS = (UNET, VAE_DECODER)  # the model components a build turns into engines
+VAE_ENCODER = "vae_encoder"  # image-to-image only
+# The model components a build turns into engines; the encoder before the decoder, whose export
+# frees the VAE's weights.
+COMPILED_COMPONENTS = (UNET, VAE_ENCODER, VAE_DECODER)
+# What text-to-image needs: all that builds from before image-to-image hold, and still serve.
+REQUIRED_COMPONENTS = (UNET, VAE_DECODER)
 
 Shape = tuple[int, ...]
 Size = tuple[int, int]  # (width, height), as requests say it
@@ -65,7 +70,7 @@ class ModelDims:
         return cls(**{k: int(v) for k, v in data.items()})
 
     def specs(self) -> dict[str, ComponentSpec]:
-        return {UNET: unet_spec(self), VAE_DECODER: vae_decoder_spec(self)}
+        return {UNET: unet_spec(self), VAE_ENCODER: vae_encoder_spec(self), VAE_DECODER: vae_decoder_spec(self)}
 
 
 @dataclass(frozen=True)
@@ -233,4 +238,14 @@ def vae_decoder_spec(dims: ModelDims) -> ComponentSpec:
         name=VAE_DECODER,
         inputs=(TensorSpec("latents", (BATCH, dims.latent_channels, LATENT_HEIGHT, LATENT_WIDTH)),),
         outputs=(TensorSpec("images", (BATCH, 3, HEIGHT, WIDTH)),),
+    )
+
+
+def vae_encoder_spec(dims: ModelDims) -> ComponentSpec:
+    """Image in [-1, 1] -> the latent distribution's moments (mean and log-variance side by side,
+    diffusers' DiagonalGaussianDistribution parameters): the loop draws the sample, from the request's seed."""
+    return ComponentSpec(
+        name=VAE_ENCODER,
+        inputs=(TensorSpec("images", (BATCH, 3, HEIGHT, WIDTH)),),
+        outputs=(TensorSpec("moments", (BATCH, 2 * dims.latent_channels, LATENT_HEIGHT, LATENT_WIDTH)),),
     )
