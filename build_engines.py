@@ -46,6 +46,16 @@ def parse_sizes(text: str) -> tuple[Size, ...]:
     return tuple(dict.fromkeys(sizes))
 
 
+def parse_decibels(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number of dB, e.g. 20")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python build_engines.py",
@@ -59,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
              "NNCF-quantized int8 UNet (and VAE decoder where the error allows), with the image error recorded",
     )
     parser.add_argument(
-        "--int8-min-psnr", type=float, default=MIN_PSNR_DB, metavar="DB",
+        "--int8-min-psnr", type=parse_decibels, default=None, metavar="DB",
         help=f"--precision int8: the least PSNR of the int8 images against the float ones (default {MIN_PSNR_DB:g} dB)",
     )
     parser.add_argument("--batch", type=parse_batch, default=(1, 1), help="requests per batch: N or MIN-MAX (default 1)")
@@ -93,6 +103,8 @@ def build_range(args: argparse.Namespace) -> BuildRange:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.int8_min_psnr is not None and args.precision != "int8":
+        parser.error("--int8-min-psnr: applies to --precision int8 only")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         request = BuildRequest(
@@ -105,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             force=args.force,
             optimization_level=args.opt_level,
             presets_dir=args.presets_dir,
-            int8_min_psnr=args.int8_min_psnr,
+            int8_min_psnr=MIN_PSNR_DB if args.int8_min_psnr is None else args.int8_min_psnr,
         )
     except ValueError as exc:
         parser.error(str(exc))

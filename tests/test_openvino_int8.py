@@ -112,3 +112,15 @@ def test_the_service_serves_int8_images_when_asked(int8_service: ServiceProcess,
     assert reply.status == 200 and reply.headers["x-engine"] == ready["engine"]
     assert reply.image().size == (512, 512) and np.asarray(reply.image()).std() > 1
     assert any((int8_build[0] / "compiled-cache").iterdir())  # the next start reads compiled blobs
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--precision", "int8", "--int8-min-psnr", "-3"], "argument --int8-min-psnr: '-3': expected a positive number of dB, e.g. 20"),
+        (["--int8-min-psnr", "30"], "--int8-min-psnr: applies to --precision int8 only"),
+    ],
+)
+def test_a_bad_threshold_is_refused_naming_the_flag(args: list[str], message: str, tmp_path: Path) -> None:
+    result = run_build_engines(["--model", "tiny", "--out", str(tmp_path), "--target", "cpu", *args])
+    assert result.returncode == 2 and result.stderr.strip().endswith(message)
