@@ -50,6 +50,7 @@ class Options:
     presets_dir: Path | None = None
     log_level: str = "INFO"
     vae: str = "full"
+    service_precision: str | None = None  # the service's --precision when not the plan's (int8: an int8 build)
 
 
 def run_suite(options: Options) -> dict[str, Any]:
@@ -154,7 +155,7 @@ def _service_args(options: Options, cache_dir: str) -> list[str]:
         "--engine-dir", str(options.engine_dir),
         "--vae", options.vae,
         "--device", options.device,
-        "--precision", options.plan.precision,
+        "--precision", options.service_precision or options.plan.precision,
         "--cache-dir", cache_dir,
         # Latency is the figure: no request may time out or be refused while the sweep waits its turn.
         "--request-timeout", "86400",
