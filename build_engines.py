@@ -4,6 +4,7 @@ TensorRT plans for this GPU, and write DIR/manifest.json. A thin command line ov
 Examples:
     python build_engines.py --model tiny --out build/engines --onnx-only
     python build_engines.py --model stabilityai/sdxl-turbo --out build/engines --batch 1-4 --sizes 512x512,768x768
+    python build_engines.py --model stabilityai/sdxl-turbo --out build/engines-int8 --target cpu --precision int8
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Sequence
 
 from engines.base import BUILD_PRECISIONS, DEFAULT_MODEL, TARGETS
 from engines.build.builder import BuildError, BuildRequest, build
+from engines.build.openvino_int8 import MIN_PSNR_DB
 from engines.core.specs import BuildRange, Size
 
 logger = logging.getLogger("build_engines")
@@ -44,6 +46,16 @@ def parse_sizes(text: str) -> tuple[Size, ...]:
     return tuple(dict.fromkeys(sizes))
 
 
+def parse_decibels(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number of dB, e.g. 20")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python build_engines.py",
@@ -54,7 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--revision", help="a hub model's commit, tag or branch (default: main); the manifest records the commit it resolves to"
     )
     parser.add_argument("--out", type=Path, default=Path("build/engines"), help="where the files and manifest.json go")
-    parser.add_argument("--precision", choices=BUILD_PRECISIONS, default="fp16", help="the UNet's TensorRT precision (the VAE is never fp16)")
+    parser.add_argument(
+        "--precision", choices=BUILD_PRECISIONS, default="fp16",
+        help="the UNet's TensorRT precision (the VAE is never fp16); int8 with --target cpu: the float IR plus an "
+             "NNCF-quantized int8 UNet (and VAE decoder where the error allows), with the image error recorded",
+    )
+    parser.add_argument(
+        "--int8-min-psnr", type=parse_decibels, default=None, metavar="DB",
+        help=f"--precision int8: the least PSNR of the int8 images against the float ones (default {MIN_PSNR_DB:g} dB)",
+    )
     parser.add_argument("--batch", type=parse_batch, default=(1, 1), help="requests per batch: N or MIN-MAX (default 1)")
     sizes = parser.add_mutually_exclusive_group()
     sizes.add_argument("--sizes", type=parse_sizes, help="exact image sizes, e.g. 512x512,768x768 (default 512x512)")
@@ -86,6 +106,8 @@ def build_range(args: argparse.Namespace) -> BuildRange:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.int8_min_psnr is not None and args.precision != "int8":
+        parser.error("--int8-min-psnr: applies to --precision int8 only")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         request = BuildRequest(
@@ -99,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             optimization_level=args.opt_level,
             presets_dir=args.presets_dir,
             revision=args.revision,
+            int8_min_psnr=MIN_PSNR_DB if args.int8_min_psnr is None else args.int8_min_psnr,
         )
     except ValueError as exc:
         parser.error(str(exc))

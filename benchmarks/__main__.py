@@ -3,6 +3,7 @@
     python -m benchmarks --quick                  # every section on the tiny model, under a minute
     python -m benchmarks --model sdxl-random      # the full architecture (make bench), ~15 min on 2 CPU cores
     python -m benchmarks --model stabilityai/sdxl-turbo --engine tensorrt   # on a GPU, after make engines
+    python -m benchmarks --model sdxl-random --engine-dir DIR --service-precision int8 --sections http   # an int8 build
 
 Writes <out>/<machine>-<date>.json, .md and .png and prints the Markdown.
 """
@@ -22,7 +23,7 @@ import torch
 from benchmarks.plan import plan_for
 from benchmarks.report import markdown, write_reports
 from benchmarks.suite import SECTIONS, Options, run_suite
-from engines.base import DEVICES, ENGINES, VAES
+from engines.base import DEVICES, ENGINES, PRECISIONS, VAES
 
 RESULTS_DIR = Path(__file__).with_name("results")  # committed: the figures the README quotes
 SCRATCH_DIR = Path(__file__).with_name("scratch")  # ignored: quick runs
@@ -50,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engine-dir", type=Path, default=Path("build/engines"), help="where build_engines.py wrote engines")
     parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--vae", default="full", choices=VAES, help="the service's VAE (tiny: TAESD-XL)")
+    parser.add_argument(
+        "--service-precision", choices=PRECISIONS,
+        help="the service's --precision over HTTP (default: the plan's); int8 needs an int8 build in --engine-dir",
+    )
     parser.add_argument("--quick", action="store_true", help="every section, few repeats, the tiny model: under a minute")
     parser.add_argument("--out", type=Path, help=f"output directory (default: {RESULTS_DIR}; {SCRATCH_DIR} with --quick)")
     parser.add_argument("--sections", type=sections, default=SECTIONS, help=f"a subset of {','.join(SECTIONS)}")
@@ -69,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         engine=args.engine,
         engine_dir=args.engine_dir,
         vae=args.vae,
+        service_precision=args.service_precision,
         device=device,
         plan=plan,
         sections=args.sections,

@@ -18,7 +18,9 @@ def chart(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 3, figsize=(16, 9))
-    fig.suptitle(f"{results['model']} on {results['machine_label']} ({results['started'][:10]})")
+    warnings = results.get("summary", {}).get("warnings", [])
+    title = f"{results['model']} on {results['machine_label']} ({results['started'][:10]})"
+    fig.suptitle("\n".join([title, *warnings]), color="black" if not warnings else "darkred", fontsize=10)
     panels = (_time_per_image, _fraction_of_peak, _http_latency, _cache_hits, _component_times, _scale)
     for ax, panel in zip(axes.flat, panels):
         panel(ax, results)
@@ -29,31 +31,38 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
 def _time_per_image(ax: Any, results: dict[str, Any]) -> None:
     summary = results["summary"]
-    labels = {"baseline_s": "baseline\n(diffusers)", "ours_in_process_s": "ours\nin process", "ours_http_s": "ours\nover HTTP"}
+    engine = summary.get("service_engine", "the service")
+    labels = {"baseline_s": "baseline\n(diffusers)", "ours_in_process_s": "ours in process\n(torch)",
+              "ours_http_s": f"ours over HTTP\n({engine})"}
     _bars(ax, [(label, summary[key]) for key, label in labels.items() if key in summary],
-          "seconds per image", "Time per image (1 step)")
+          "seconds per image (lower is better)", "Time per image (1 step)")
 
 
 def _fraction_of_peak(ax: Any, results: dict[str, Any]) -> None:
     rows = [r for r in component_rates(results) if "fraction_of_peak" in r]
     _bars(ax, [(_component_label(r), 100 * r["fraction_of_peak"]) for r in rows],
-          "% of measured matmul peak", "Components: fraction of peak", horizontal=True)
+          "% of the measured matmul peak (higher is better)", "Components: fraction of peak", horizontal=True)
+    # Read against the whole scale: 100 % is the peak, and a bar past it marks the peak as wrong.
+    top = max([100.0] + [110 * r["fraction_of_peak"] for r in rows])
+    ax.set_xlim(0, top)
+    ax.axvline(100, color="darkred", linestyle="--", linewidth=1)
 
 
 def _component_times(ax: Any, results: dict[str, Any]) -> None:
     rows = results.get("components", [])
-    _bars(ax, [(_component_label(r), r["seconds"]["median"]) for r in rows], "seconds", "Components: time", horizontal=True)
+    _bars(ax, [(_component_label(r), r["seconds"]["median"]) for r in rows], "seconds (lower is better)", "Components: time", horizontal=True)
 
 
 def _http_latency(ax: Any, results: dict[str, Any]) -> None:
     http = results.get("http", {})
-    for kind in ("misses", "mixed"):
+    names = {"misses": "misses", "mixed": f"{http.get('mixed_hit_share', 0):.0%} repeats"}  # the table's "traffic" column
+    for kind, name in names.items():
         points = [(level["concurrency"], level["latency_s"]["p50"]) for level in http.get(kind, []) if "latency_s" in level]
         if points:
             concurrency, latency = zip(*points)
-            ax.plot(concurrency, latency, marker="o", label=f"{kind} p50")
+            ax.plot(concurrency, latency, marker="o", label=f"{name} p50")
     ax.set_yscale("log")  # misses take seconds, hits milliseconds
-    _finish(ax, "concurrency", "seconds (log)", "HTTP latency (p50)")
+    _finish(ax, "concurrency", "seconds, log scale (lower is better)", "End to end over HTTP: p50 latency")
 
 
 def _cache_hits(ax: Any, results: dict[str, Any]) -> None:
@@ -63,17 +72,18 @@ def _cache_hits(ax: Any, results: dict[str, Any]) -> None:
             positions = [i + offset for i in range(len(levels))]
             ax.bar(positions, [1000 * level[who]["latency_s"]["p50"] for level in levels], width=0.4, label=who)
     ax.set_xticks(range(len(levels)), [str(level["concurrency"]) for level in levels])
-    _finish(ax, "concurrency", "ms", "Cache hit p50: service vs bare aiohttp")
+    _finish(ax, "concurrency", "ms (lower is better)", "Cache hits: p50, service vs bare aiohttp")
 
 
 def _scale(ax: Any, results: dict[str, Any]) -> None:
     rows = results.get("scale", {}).get("rows", [])
     _bars(ax, [(f"{r['steps']} st\n{r['size']}", r["seconds"]["median"]) for r in rows],
-          "seconds per image", "Scale: steps and size")
+          "seconds per image (lower is better)", "Scale: steps and size")
 
 
 def _component_label(row: dict[str, Any]) -> str:
-    return f"{row['component']}\n{row['backend']} {row['precision']}"
+    """The table's three columns, in its words."""
+    return f"{row['component']} | {row['backend']} | {row['precision']}"
 
 
 def _bars(ax: Any, items: list[tuple[str, float]], unit: str, title: str, horizontal: bool = False) -> None:

@@ -2,19 +2,19 @@
 
 A backend is one entry in `BACKENDS`. The text encoders run in PyTorch for every backend (see
 engines/text_encoders.py), so they are timed once per precision; the UNet and the VAE decoder are
-timed per backend. A backend whose module is absent, or whose module has no
-`build_component_runners` hook yet, is skipped with a note, so new backends plug in here alone.
+timed per backend, each compiled backend with the runner class its engine serves with, made by
+benchmarks/engine_runners.py (the build code converts; runtime code may not import it). A backend
+whose module is absent, or with no hook there, is skipped with a note.
 
-FLOPs are counted once per component with torch's FlopCounterMode (matrix products, convolutions
-and attention; element-wise work is not counted), during the first warm-up run of the PyTorch backend.
-The machine's peak is a large matrix product per precision, timed in this process just before and
-just after the components, so that both see the same threads and, on a shared machine, about the
-same neighbours; each row carries the best of those runs as the peak it is a fraction of.
+FLOPs and bytes are counted once per component during the first warm-up run of the PyTorch backend:
+FLOPs with torch's FlopCounterMode (matrix products, convolutions and attention; element-wise work
+is not counted), bytes as every leaf module's weights plus its output written and read once. Two
+floors follow: FLOPs over the measured matmul peak (benchmarks/peak.py, probed before and after the
+components in this process), and bytes over the measured copy bandwidth.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import logging
 from dataclasses import dataclass, field
@@ -25,9 +25,11 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from benchmarks.machine import matmul_seconds, peak_rates, synchronizer
+from benchmarks.machine import nominal_peak, synchronizer
+from benchmarks.peak import copy_bandwidth, probe, summarize_peak
 from benchmarks.plan import Plan
 from benchmarks.timing import measure
+from engines.core.hardware import usable_cpu_count
 from engines.core.numerics import TorchNumerics, choose_numerics
 from engines.core.pipeline import SDXLTurboPipeline, UNetRunner, VAEDecoderRunner, to_uint8
 from engines.core.sdxl import latent_shape, time_ids
@@ -36,12 +38,13 @@ from service.imaging import encode_image
 
 logger = logging.getLogger(__name__)
 
-# What a backend module exposes to be timed here:
-#   build_component_runners(components: SDXLComponents, precision: str, work_dir: Path)
+# Where a compiled backend's runners come from:
+#   benchmarks.engine_runners.build_component_runners(backend, components, precision, work_dir)
 #       -> tuple[UNetRunner, VAEDecoderRunner]
 # Runners follow engines/core/pipeline.py: float32 torch tensors in and out, numerics cast inside.
-HOOK = "build_component_runners"
+HOOKS_MODULE = "benchmarks.engine_runners"
 PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+BYTES_PER_ELEMENT = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}
 BENCHMARK_PROMPT = "A cinematic shot a 3 maneki neko in South America."
 
 
@@ -65,7 +68,7 @@ class Backend:
     # Precisions it runs on a device ("cpu", "cuda"); empty: not on this device.
     precisions: Callable[[str], tuple[str, ...]]
     build: Callable[[LoadedModel, str], tuple[UNetRunner, VAEDecoderRunner]]
-    module: str | None = None  # must be importable, else the backend is skipped
+    module: str | None = None  # its library: must be importable, else the backend is skipped
     # The VAE's precision when the UNet runs in `precision` (the SDXL VAE overflows in fp16).
     vae_precision: Callable[[str, str], str] = lambda precision, device: precision
 
@@ -78,13 +81,13 @@ def _torch_vae_precision(precision: str, device: str) -> str:
     return PRECISION_NAMES[choose_numerics(device, precision).vae_dtype]
 
 
-def _module_runners(module_name: str) -> Callable[[LoadedModel, str], tuple[UNetRunner, VAEDecoderRunner]]:
+def _module_runners(backend: str) -> Callable[[LoadedModel, str], tuple[UNetRunner, VAEDecoderRunner]]:
     def build(loaded: LoadedModel, precision: str) -> tuple[UNetRunner, VAEDecoderRunner]:
-        module = importlib.import_module(module_name)
-        hook = getattr(module, HOOK, None)
-        if hook is None:
-            raise BackendSkipped(f"{module_name} has no {HOOK}() hook yet")
-        return hook(loaded.components, precision, loaded.work_dir / module_name.rsplit(".", 1)[-1])
+        from benchmarks.engine_runners import HOOKS
+
+        if backend not in HOOKS:
+            raise BackendSkipped(f"{HOOKS_MODULE} has no build_component_runners() hook for {backend} yet")
+        return HOOKS[backend](loaded.components, precision, loaded.work_dir / backend)
 
     return build
 
@@ -99,20 +102,20 @@ BACKENDS: tuple[Backend, ...] = (
     Backend(
         "onnxruntime",
         precisions=lambda device: ("fp32",) if device == "cpu" else ("fp16",),
-        build=_module_runners("engines.backends.onnxruntime_engine"),
-        module="engines.backends.onnxruntime_engine",
+        build=_module_runners("onnxruntime"),
+        module="onnxruntime",
     ),
     Backend(
         "openvino",
-        precisions=lambda device: ("fp32",) if device == "cpu" else (),
-        build=_module_runners("engines.backends.openvino_engine"),
-        module="engines.backends.openvino_engine",
+        precisions=lambda device: ("fp32", "bf16") if device == "cpu" else (),
+        build=_module_runners("openvino"),
+        module="openvino",
     ),
     Backend(
         "tensorrt",
         precisions=lambda device: ("fp16",) if device == "cuda" else (),
-        build=_module_runners("engines.backends.tensorrt_engine"),
-        module="engines.backends.tensorrt_engine",
+        build=_module_runners("tensorrt"),
+        module="tensorrt",
         vae_precision=_torch_vae_precision,
     ),
 )
@@ -150,21 +153,53 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
+def count_traffic(fn: Callable[[], object]) -> dict[str, int]:
+    """Elements one call must move at the least: every leaf module's weights (each module once) and
+    every leaf module's outputs (written once, read once by the next layer)."""
+    seen: set[int] = set()
+    counts = {"weight_elements": 0, "activation_elements": 0}
+
+    def hook(module: torch.nn.Module, inputs: Any, output: Any) -> None:
+        if next(module.children(), None) is not None:
+            return  # containers: their leaves are counted
+        if id(module) not in seen:
+            seen.add(id(module))
+            counts["weight_elements"] += sum(p.numel() for p in module.parameters(recurse=False))
+        outputs = output if isinstance(output, (tuple, list)) else (output,)
+        counts["activation_elements"] += sum(o.numel() for o in outputs if isinstance(o, torch.Tensor))
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        fn()
+    finally:
+        handle.remove()
+    return counts
+
+
+def traffic_bytes(traffic: dict[str, int] | None, precision: str) -> int | None:
+    """Bytes a component moves in `precision`: weights read once, activations written and read once."""
+    if not traffic or precision not in BYTES_PER_ELEMENT:
+        return None
+    return BYTES_PER_ELEMENT[precision] * (traffic["weight_elements"] + 2 * traffic["activation_elements"])
+
+
 @dataclass
 class ComponentTimer:
-    """Times components in one process; counts each component's FLOPs once (carried between processes)."""
+    """Times components in one process; counts each component's FLOPs and bytes once (carried between processes)."""
 
     plan: Plan
     device: torch.device
     flops: dict[str, int] = field(default_factory=dict)
+    traffic: dict[str, dict[str, int]] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     def time(self, component: str, backend: str, precision: str, fn: Callable[[], object]) -> None:
         warmup = self.plan.component_warmup
         if component not in self.flops and backend == "torch":
             with torch.inference_mode():
-                self.flops[component] = count_flops(fn)  # the counted run is the first warm-up
-            warmup = max(0, warmup - 1)
+                self.flops[component] = count_flops(fn)  # the counted runs are the first warm-ups
+                self.traffic[component] = count_traffic(fn)
+            warmup = max(0, warmup - 2)
         with torch.inference_mode():
             stats = measure(fn, warmup, self.plan.component_repeats, synchronizer(self.device))
         self.rows.append(
@@ -175,23 +210,25 @@ class ComponentTimer:
                 "size": self.plan.size,
                 "seconds": stats.as_dict(),
                 "flops": self.flops.get(component),
+                "bytes": traffic_bytes(self.traffic.get(component), precision),
             }
         )
         logger.info("%s %s %s: %.3f s (median)", component, backend, precision, stats.median)
 
 
 def measure_components(
-    loaded: LoadedModel, backends: dict[str, list[str]], plan: Plan, known_flops: dict[str, int], encode_images: bool
+    loaded: LoadedModel, backends: dict[str, list[str]], plan: Plan, known: dict[str, Any], encode_images: bool
 ) -> dict[str, Any]:
-    """Time every component for this process's precision; returns rows, FLOP counts and skip notes."""
+    """Time every component for this process's precision; returns rows, FLOP and byte counts, the
+    peaks and bandwidth they are read against, and skip notes. `known`: counts from earlier processes."""
     numerics, pipeline = loaded.numerics, loaded.pipeline
     precision = PRECISION_NAMES[numerics.dtype]
     device = numerics.device
-    timer = ComponentTimer(plan, device, dict(known_flops))
+    timer = ComponentTimer(plan, device, dict(known.get("flops", {})), dict(known.get("traffic", {})))
     notes: list[str] = []
     peak_precisions = list(dict.fromkeys([precision, _torch_vae_precision(precision, device.type)]))
-    peak_runs = {p: matmul_seconds(device, p, plan.peak_matmul_size, plan.peak_warmup, plan.peak_repeats)
-                 for p in peak_precisions}
+    probes_before = {p: probe(device, p, plan.peak_sizes, plan.peak_warmup, plan.peak_repeats) for p in peak_precisions}
+    bandwidth = copy_bandwidth(plan.bandwidth_megabytes) if device.type == "cpu" else None
 
     # Inputs: what the loop would hand each component for one request of the plan's size.
     with torch.inference_mode():
@@ -220,11 +257,16 @@ def measure_components(
         with torch.inference_mode():
             pixels = to_uint8((pipeline.vae_decoder(scaled_latents) / 2 + 0.5).clamp(0, 1))[0]
         timer.time("png_encode", "pillow", "uint8", lambda: encode_image(np.ascontiguousarray(pixels), "png"))
+    peak = {}
     for p in peak_precisions:
-        peak_runs[p] += matmul_seconds(device, p, plan.peak_matmul_size, 0, plan.peak_repeats)
-    peak = {p: peak_rates(plan.peak_matmul_size, runs) for p, runs in peak_runs.items()}
+        peak[p] = summarize_peak(probes_before[p], probe(device, p, plan.peak_sizes, 0, plan.peak_repeats))
+        if device.type == "cpu":
+            peak[p]["nominal"] = nominal_peak(p, usable_cpu_count())
     for row in timer.rows:
         row["run_precision"] = precision  # the process's precision (a VAE may run in another)
         if row["precision"] in peak:
             row["peak_gflops"] = peak[row["precision"]]["gflops_best"]
-    return {"rows": timer.rows, "flops": timer.flops, "peak": peak, "notes": notes}
+        if bandwidth and row.get("bytes"):
+            row["bandwidth_bytes_per_second"] = bandwidth["bytes_per_second"]
+    return {"rows": timer.rows, "flops": timer.flops, "traffic": timer.traffic, "peak": peak,
+            "bandwidth": bandwidth, "notes": notes}

@@ -1,8 +1,5 @@
-"""The machine a run measured: processor, cores, memory, GPU, library versions; and its measured peak.
-
-The peak is a large square matrix product per precision, timed in the same run: every component's
-achieved GFLOP/s is read as a fraction of it.
-"""
+"""The machine a run measured: processor, cores, memory, GPU, library versions, and its nominal peak
+(what the data sheet promises; the measured one is in peak.py)."""
 
 from __future__ import annotations
 
@@ -15,11 +12,9 @@ from typing import Any, Callable
 
 import torch
 
-from benchmarks.timing import Stats, measure
 from engines.core.files import package_version
 from engines.core.hardware import cpu_flags, cpu_has_bf16, usable_cpu_count
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Flags that decide how fast dense arithmetic can go; the full list is long and says little more.
 SIMD_FLAG = re.compile(r"^(sse4_2|avx|avx2|fma|f16c|avx512.*|amx.*|avx_vnni|neon|asimd.*|sve.*|bf16|i8mm)$")
 LIBRARIES = (
@@ -88,13 +83,60 @@ def machine_facts() -> dict[str, Any]:
     }
 
 
+# Vendor marks and filler that make a processor's name long without telling processors apart.
+NAME_NOISE = re.compile(r"\((r|tm)\)|\b(processor|cpu|\d+-core|with radeon graphics)\b|@.*$", re.IGNORECASE)
+
+
 def machine_label(facts: dict[str, Any]) -> str:
-    """A short file-name-safe name: the GPU's name where there is one, else the CPU's and its cores."""
+    """A short file-name-safe name ("intel-xeon-2c"): the GPU's name where there is one, else the
+    CPU's, without trade marks and filler, and its cores."""
     if facts.get("gpu"):
         name = facts["gpu"]["name"]
     else:
-        name = f"{facts['cpu_model']}-{facts['usable_cpus']}c"
+        name = f"{NAME_NOISE.sub(' ', facts['cpu_model'])}-{facts['usable_cpus']}c"
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def cpu_clock_hz() -> tuple[float | None, str]:
+    """The processor's clock and where it was read: the highest frequency sysfs states, else the
+    "cpu MHz" of /proc/cpuinfo (in a VM often the base clock); (None, why) when neither says."""
+    try:
+        khz = int(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text())
+        return khz * 1e3, "sysfs cpuinfo_max_freq"
+    except (OSError, ValueError):
+        pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("cpu MHz"):
+                return float(line.split(":", 1)[1]) * 1e6, "/proc/cpuinfo cpu MHz (the current clock; turbo may go higher)"
+    except (OSError, ValueError):
+        pass
+    return None, "unknown: neither sysfs cpufreq nor /proc/cpuinfo gives a clock"
+
+
+def flops_per_cycle(flags: set[str], precision: str) -> tuple[int, str]:
+    """FLOP per cycle per core of the widest units the flags name, assuming two FMA ports (the
+    nominal best case: some parts have one 512-bit unit, which halves it)."""
+    if precision == "bf16" and "amx_bf16" in flags:
+        return 1024, "AMX-BF16 tile multiply (1024 FLOP/cycle)"
+    if precision == "int8" and "amx_int8" in flags:
+        return 2048, "AMX-INT8 tile multiply (2048 OP/cycle)"
+    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags or "avx" in flags else 4
+    width = {16: "AVX-512", 8: "AVX2", 4: "SSE"}[lanes]
+    fma = 2 if "fma" in flags or lanes == 16 else 1
+    per_lane = {"bf16": 2 if "avx512_bf16" in flags else 1, "int8": 4 if flags & {"avx512_vnni", "avx_vnni"} else 1}.get(precision, 1)
+    per_cycle = 2 * fma * lanes * per_lane  # 2 ports x (multiply + add) x lanes x pairs per lane
+    unit = " FMA" if per_lane == 1 else {"bf16": " BF16 dot products", "int8": " VNNI"}[precision]
+    return per_cycle, f"{width}{unit}, 2 ports ({per_cycle} FLOP/cycle)"
+
+
+def nominal_peak(precision: str, cores: int) -> dict[str, Any]:
+    """cores x FLOP per cycle x clock: what the processor's data sheet would promise, beside the measured peak."""
+    per_cycle, units = flops_per_cycle(cpu_flags(), precision)
+    clock, source = cpu_clock_hz()
+    gflops = None if clock is None else cores * per_cycle * clock / 1e9
+    return {"gflops": gflops, "cores": cores, "flops_per_cycle": per_cycle, "units": units,
+            "clock_ghz": None if clock is None else clock / 1e9, "clock_source": source}
 
 
 def device_precisions(device: torch.device) -> list[str]:
@@ -109,26 +151,3 @@ def synchronizer(device: torch.device) -> Callable[[], None]:
     if device.type == "cuda":
         return torch.cuda.synchronize
     return lambda: None
-
-
-def matmul_seconds(device: torch.device, precision: str, size: int, warmup: int, repeats: int) -> list[float]:
-    """Seconds per n x n x n matrix product in `precision`, one per timed repeat."""
-    generator = torch.Generator("cpu").manual_seed(0)
-    a = torch.randn(size, size, generator=generator).to(device, DTYPES[precision])
-    b = torch.randn(size, size, generator=generator).to(device, DTYPES[precision])
-    with torch.inference_mode():
-        return list(measure(lambda: torch.mm(a, b), warmup, repeats, synchronizer(device)).runs)
-
-
-def peak_rates(size: int, seconds: list[float]) -> dict[str, Any]:
-    """GFLOP/s of the matmul runs: median, min and max; the max (`gflops_best`) is the ceiling that
-    fractions of peak divide by, since a busy machine only ever slows a run down."""
-    flops = 2 * size**3
-    stats = Stats.of(seconds)
-    return {
-        "matmul_size": size,
-        "seconds": stats.as_dict(),
-        "gflops": flops / stats.median / 1e9,
-        "gflops_min": flops / stats.max / 1e9,
-        "gflops_best": flops / stats.min / 1e9,
-    }

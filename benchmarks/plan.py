@@ -20,10 +20,11 @@ class Plan:
     # The service's precision (and the scale table's); "auto" is the service's own choice, and
     # components are then timed in every precision the machine has. Another value times that one alone.
     precision: str = "auto"
-    # Machine peak: one square matmul of this size per precision.
-    peak_matmul_size: int = 4096
+    # Machine peak: square matmuls of these sizes per precision and implementation (benchmarks/peak.py).
+    peak_sizes: tuple[int, ...] = (1024, 2048, 4096)
     peak_warmup: int = 1
     peak_repeats: int = 5
+    bandwidth_megabytes: int = 512  # the copy that measures memory bandwidth: well past every cache
     # Components: the first warm-up run also counts the FLOPs.
     component_warmup: int = 1
     component_repeats: int = 3
@@ -59,8 +60,9 @@ QUICK = Plan(
     name="quick",
     size=256,
     precision="fp32",  # the tiny model's small layers run many times slower in bf16 than in fp32 here
-    peak_matmul_size=1024,
+    peak_sizes=(256, 1024),
     peak_repeats=3,
+    bandwidth_megabytes=128,
     miss_requests_per_client=1,
     mixed_requests=8,
     hit_requests=100,

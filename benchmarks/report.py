@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.chart import chart
-from benchmarks.summary import component_rates
+from benchmarks.summary import component_rates, peak_is_wrong
 
 # --- formatting ------------------------------------------------------------------------------------
 
@@ -65,9 +65,12 @@ def _header(results: dict[str, Any]) -> list[str]:
     gpu = machine["gpu"]["name"] if machine.get("gpu") else "none"
     libraries = ", ".join(f"{name} {version}" for name, version in machine["libraries"].items() if version)
     engine = results.get("service", {}).get("engine") or "–"
+    warnings = results["summary"].get("warnings", [])
     return [
         f"# Benchmark: `{results['model']}` on {results['machine_label']}",
         "",
+        *[f"> **{warning}**  " for warning in warnings],
+        *([""] if warnings else []),
         f"Command: `{results['command']}`  ",
         f"Started {results['started']}, took {results['duration_s']:.0f} s, plan `{plan['name']}`, "
         f"device {results['device']}, service engine `{engine}`.  ",
@@ -89,7 +92,7 @@ def _summary_rows(results: dict[str, Any]) -> list[list[str]]:
         label = f"our time per image over HTTP ({engine}, {size}x{size}, 1 step, p50 at concurrency 1)"
         rows.append([label, fmt_s(summary["ours_http_s"])])
     if "ours_in_process_s" in summary:
-        rows.append(["our time per image in process (the same loop, no HTTP)", fmt_s(summary["ours_in_process_s"])])
+        rows.append(["our time per image in process (the same loop on torch, no HTTP)", fmt_s(summary["ours_in_process_s"])])
     if "baseline_s" in summary:
         label = f"baseline: plain diffusers pipeline, {results['baseline']['precision']}, per request"
         rows.append([label, fmt_s(summary["baseline_s"])])
@@ -99,11 +102,16 @@ def _summary_rows(results: dict[str, Any]) -> list[list[str]]:
             ratio = summary[key]
             verdict = f"{1 / ratio:.1f}x faster than" if ratio < 1 else f"{ratio:.1f}x slower than"
             rows.append([label, f"{ratio:.2f}: {verdict} the baseline"])
-    for name, label in (("unet", "UNet step"), ("vae", "VAE decode")):
+    wrong = bool(peak_is_wrong(results))
+    for name, component in (("unet", "unet_step"), ("vae", "vae_decode")):
         if f"{name}_fraction_of_peak" in summary:
-            precision = summary[f"{name}_precision"]
-            label = f"{label}, torch {precision}: fraction of the measured {precision} matmul peak"
-            rows.append([label, fmt_pct(summary[f"{name}_fraction_of_peak"])])
+            precision, backend = summary[f"{name}_precision"], summary[f"{name}_backend"]
+            label = f"{component}, {backend} {precision}: fraction of the measured {precision} matmul peak"
+            value = fmt_pct(summary[f"{name}_fraction_of_peak"]) + (" (the peak is wrong, see the top)" if wrong else "")
+            rows.append([label, value])
+        if f"{name}_time_over_floor" in summary:
+            label = f"{component}, {summary[f'{name}_backend']}: time over its floor (the larger of compute and memory)"
+            rows.append([label, f"{summary[f'{name}_time_over_floor']:.2f}x"])
     if "cache_hit_p50_ratio" in summary:
         versus = f"service / bare aiohttp (concurrency {summary['cache_hit_concurrency']})"
         rows.append([f"cache hit p50 latency, {versus}", f"{summary['cache_hit_p50_ratio']:.2f}x"])
@@ -127,15 +135,33 @@ def _summary_rows(results: dict[str, Any]) -> list[list[str]]:
 def _peak(results: dict[str, Any]) -> list[str]:
     if not results.get("peak"):
         return []
-    rows = [
-        [precision, str(p["matmul_size"]), str(p["seconds"]["n"]),
-         f"{p['gflops']:.0f} [{p['gflops_min']:.0f} – {p['gflops_best']:.0f}]", f"{p['gflops_best']:.0f}", p["measured_in"]]
-        for precision, p in results["peak"].items()
-    ]
-    header = ["precision", "n", "runs", "GFLOP/s median [min – max]", "peak (best run)", "measured in"]
-    intro = ("Square matrix products timed just before and just after the components, in the same process; "
-             "a component's fraction of peak is its median GFLOP/s over the best of these runs.")
-    return ["## Machine peak (square matmul, same run)", "", intro, ""] + table(header, rows)
+    rows = []
+    for precision, peak in results["peak"].items():
+        for p in peak.get("probes", []):
+            after = p.get("gflops_after")
+            rows.append([
+                precision, p["implementation"], str(p["matmul_size"]), str(p["seconds"]["n"]),
+                f"{p['gflops']:.0f} [{p['gflops_min']:.0f} – {p['gflops_best']:.0f}]",
+                f"{p['gflops_before']:.0f} / {after:.0f}" if after else "–",
+                "**the peak**" if (p["implementation"], p["matmul_size"]) == (peak["implementation"], peak["matmul_size"]) else "",
+            ])
+    header = ["precision", "implementation", "n", "runs", "GFLOP/s median [min – max]", "best before / after", ""]
+    intro = ("Square matrix products by every implementation at hand, timed just before and just after the components, "
+             "in the same process; the peak a component divides by is the best single run of any of them.")
+    out = ["## Machine peak (square matmul, same run)", "", intro, ""] + table(header, rows)
+    for precision, peak in results["peak"].items():
+        nominal = peak.get("nominal")
+        if nominal:
+            value = "unknown (no clock: " + nominal["clock_source"] + ")" if nominal["gflops"] is None else (
+                f"{nominal['gflops']:.0f} GFLOP/s = {nominal['cores']} cores x {nominal['units']} x "
+                f"{nominal['clock_ghz']:.2f} GHz ({nominal['clock_source']})")
+            share = f"; the measured peak is {peak['gflops_best'] / nominal['gflops']:.0%} of it" if nominal["gflops"] else ""
+            out.append(f"- nominal {precision} peak: {value}{share}")
+    bandwidth = results.get("bandwidth")
+    if bandwidth:
+        out.append(f"- memory bandwidth (a {fmt_bytes(bandwidth['bytes'] // 2)} copy, best run): "
+                   f"{bandwidth['bytes_per_second'] / 1e9:.1f} GB/s")
+    return out + [""]
 
 
 def _components(results: dict[str, Any]) -> list[str]:
@@ -144,15 +170,21 @@ def _components(results: dict[str, Any]) -> list[str]:
             r["component"], r["backend"], r["precision"], fmt_stats(r["seconds"]),
             f"{r['flops'] / 1e9:.4g}" if r.get("flops") else "–",
             f"{r['gflops']:.3g}" if "gflops" in r else "–",
-            fmt_pct(r.get("fraction_of_peak")),
+            fmt_pct(r.get("fraction_of_peak")) + (" (peak wrong)" if r.get("fraction_of_peak", 0) > 1 else ""),
+            fmt_bytes(r.get("bytes")),
+            f"{fmt_s(r.get('compute_floor_s'))} / {fmt_s(r.get('memory_floor_s'))}",
+            f"{r['time_over_floor']:.2f}x" if "time_over_floor" in r else "–",
         ]
         for r in component_rates(results)
     ]
     if not rows:
         return []
     size = results["plan"]["size"]
-    header = ["component", "backend", "precision", "time", "GFLOP", "GFLOP/s (median)", "of peak"]
-    return [f"## Components ({size}x{size}, batch 1)", ""] + table(header, rows)
+    header = ["component", "backend", "precision", "time", "GFLOP", "GFLOP/s (median)", "of peak", "bytes moved",
+              "floor: compute / memory", "time / floor"]
+    intro = ("Floors: the FLOPs at the peak above, and the bytes (weights read once, every layer's output written and "
+             "read once) at the measured bandwidth; a component cannot beat the larger of the two.")
+    return [f"## Components ({size}x{size}, batch 1)", "", intro, ""] + table(header, rows)
 
 
 def _baseline(results: dict[str, Any]) -> list[str]:

@@ -50,6 +50,7 @@ class Options:
     presets_dir: Path | None = None
     log_level: str = "INFO"
     vae: str = "full"
+    service_precision: str | None = None  # the service's --precision when not the plan's (int8: an int8 build)
 
 
 def run_suite(options: Options) -> dict[str, Any]:
@@ -102,7 +103,7 @@ def _run_model_sections(options: Options, results: dict[str, Any], service_preci
         wanted.append(service_precision)
     results["components"] = []
     results["peak"] = {}
-    known_flops: dict[str, int] = {}
+    known: dict[str, dict[str, Any]] = {"flops": {}, "traffic": {}}  # counted once, in the first process
     with tempfile.TemporaryDirectory(prefix="bench-work-") as work_dir:
         for precision in dict.fromkeys(wanted):
             job = PrecisionJob(
@@ -113,7 +114,7 @@ def _run_model_sections(options: Options, results: dict[str, Any], service_preci
                 work_dir=Path(work_dir),
                 presets_dir=options.presets_dir,
                 backends=backends,
-                known_flops=dict(known_flops),
+                known={k: dict(v) for k, v in known.items()},
                 baseline="baseline" in sections and precision == baseline_precision(torch.device(options.device)),
                 components="components" in sections,
                 encode_images="components" in sections and precision == service_precision,
@@ -138,10 +139,13 @@ def _run_model_sections(options: Options, results: dict[str, Any], service_preci
                 results["notes"] += outcome["components"]["notes"]
                 for name, peak in outcome["components"]["peak"].items():
                     results["peak"].setdefault(name, {**peak, "measured_in": f"the {precision} process"})
-                known_flops.update(outcome["components"]["flops"])
+                for kind in known:
+                    known[kind].update(outcome["components"][kind])
+                if outcome["components"]["bandwidth"]:
+                    results.setdefault("bandwidth", outcome["components"]["bandwidth"])
             if "scale" in outcome:
                 results["scale"] = outcome["scale"]
-    results["flops"] = known_flops
+    results["flops"], results["traffic"] = known["flops"], known["traffic"]
 
 
 def _service_args(options: Options, cache_dir: str) -> list[str]:
@@ -151,7 +155,7 @@ def _service_args(options: Options, cache_dir: str) -> list[str]:
         "--engine-dir", str(options.engine_dir),
         "--vae", options.vae,
         "--device", options.device,
-        "--precision", options.plan.precision,
+        "--precision", options.service_precision or options.plan.precision,
         "--cache-dir", cache_dir,
         # Latency is the figure: no request may time out or be refused while the sweep waits its turn.
         "--request-timeout", "86400",

@@ -8,17 +8,73 @@ from typing import Any
 
 
 def component_rates(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each component row with its achieved GFLOP/s (at its median time) and that as a fraction of the
-    peak measured beside it (the best matmul run in its precision, in the same process)."""
+    """Each component row with its achieved GFLOP/s (at its median time), that as a fraction of the
+    peak measured beside it (the best matmul run in its precision, in the same process), and its two
+    floors: FLOPs at that peak, bytes at the measured bandwidth."""
     rows = []
     for row in results.get("components", []):
         row = dict(row)
+        median = row["seconds"]["median"]
         if row.get("flops"):
-            row["gflops"] = row["flops"] / row["seconds"]["median"] / 1e9
+            row["gflops"] = row["flops"] / median / 1e9
             if row.get("peak_gflops"):
                 row["fraction_of_peak"] = row["gflops"] / row["peak_gflops"]
+                row["compute_floor_s"] = row["flops"] / row["peak_gflops"] / 1e9
+        if row.get("bytes") and row.get("bandwidth_bytes_per_second"):
+            row["memory_floor_s"] = row["bytes"] / row["bandwidth_bytes_per_second"]
+        floors = [row[k] for k in ("compute_floor_s", "memory_floor_s") if k in row]
+        if floors:
+            row["floor_s"] = max(floors)
+            row["time_over_floor"] = median / row["floor_s"]
         rows.append(row)
     return rows
+
+
+def peak_is_wrong(results: dict[str, Any]) -> list[str]:
+    """Why the measured peak cannot be a ceiling: a component ran faster than it, or it exceeds what
+    the processor can do at all. Each is a fault of the peak, never a result."""
+    reasons = []
+    for row in component_rates(results):
+        if row.get("fraction_of_peak", 0) > 1:
+            reasons.append(
+                f"{row['component']} on {row['backend']} {row['precision']} ran at {row['fraction_of_peak']:.0%} "
+                f"of the measured {row['precision']} peak: the probes missed a faster kernel"
+            )
+    for precision, peak in results.get("peak", {}).items():
+        nominal = (peak.get("nominal") or {}).get("gflops")
+        if nominal and peak["gflops_best"] > nominal:
+            reasons.append(
+                f"the measured {precision} peak {peak['gflops_best']:.0f} GFLOP/s exceeds the nominal {nominal:.0f} "
+                "(a clock above the stated one, or a wrong FLOP count)"
+            )
+    return reasons
+
+
+def warnings(results: dict[str, Any]) -> list[str]:
+    """What a reader must know before any figure: each one says why the figures may mislead."""
+    out = []
+    if results["plan"]["name"] == "quick":
+        out.append("QUICK RUN: the tiny model at a small size; it measures nothing about speed, only that the suite works")
+    cores = results["machine"].get("usable_cpus") or 1
+    loads = [results["machine"].get(k) for k in ("load_average_at_start", "load_average_at_end")]
+    loads += [p.get("load_average_at_end") for p in results.get("processes", [])]
+    busiest = max((load[0] for load in loads if load), default=None)
+    if busiest is not None and busiest > cores:
+        out.append(f"BUSY MACHINE: the 1-minute load average reached {busiest:.2f} on {cores} cores; other work shared them")
+    for precision, peak in results.get("peak", {}).items():
+        if peak.get("drifted"):
+            out.append(
+                f"UNSTEADY MACHINE: the best {precision} matmul probe read {peak['gflops_before']:.0f} GFLOP/s before the "
+                f"components and {peak['gflops_after']:.0f} after ({peak['drift']:.0%} apart): figures from this run do not compare"
+            )
+    out += [f"PEAK IS WRONG: {reason}" for reason in peak_is_wrong(results)]
+    return out
+
+
+def service_backend(results: dict[str, Any]) -> str | None:
+    """The backend the service served with, read from its engine name ("openvino-cpu-f32" -> "openvino")."""
+    engine = results.get("service", {}).get("engine")
+    return engine.split("-", 1)[0] if engine else None
 
 
 def _level(levels: list[dict[str, Any]], concurrency: int) -> dict[str, Any] | None:
@@ -43,12 +99,18 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             summary[ratio] = summary[ours] / summary["baseline_s"]
     service_precision = results.get("service_precision")
     headline = {"unet_step": "unet", "vae_decode": "vae"}
+    served = service_backend(results)
+    backends = {r["backend"] for r in results.get("components", [])}
+    backend = served if served in backends else "torch"  # the engine the service serves with, where it was timed
     for row in component_rates(results):
-        # The service's own numerics: PyTorch, in the precision it picks here.
         name = headline.get(row["component"])
-        if name and row["backend"] == "torch" and row["run_precision"] == service_precision and "fraction_of_peak" in row:
+        if name and row["backend"] == backend and row["run_precision"] == service_precision and "fraction_of_peak" in row:
             summary[f"{name}_fraction_of_peak"] = row["fraction_of_peak"]
             summary[f"{name}_precision"] = row["precision"]
+            summary[f"{name}_backend"] = backend
+            if "time_over_floor" in row:
+                summary[f"{name}_time_over_floor"] = row["time_over_floor"]
+    summary["warnings"] = warnings(results)
     hits = results.get("cache_hits", {}).get("levels", [])
     first = hits[0] if hits else None
     if first and "p50_ratio" in first:

@@ -40,7 +40,7 @@ class PrecisionJob:
     work_dir: Path
     presets_dir: Path | None = None
     backends: dict[str, list[str]] = field(default_factory=dict)
-    known_flops: dict[str, int] = field(default_factory=dict)
+    known: dict[str, dict[str, Any]] = field(default_factory=dict)  # FLOP and byte counts of earlier processes
     baseline: bool = False
     components: bool = False
     encode_images: bool = False
@@ -80,7 +80,7 @@ def run_precision_job(job: PrecisionJob) -> dict[str, Any]:
     loaded = LoadedModel(components, numerics, pipeline, job.work_dir)
     warm_sizes: set[int] = set()
     if job.components:
-        section("components", lambda: measure_components(loaded, job.backends, job.plan, job.known_flops, job.encode_images))
+        section("components", lambda: measure_components(loaded, job.backends, job.plan, job.known, job.encode_images))
         warm_sizes.add(job.plan.size)
     if job.scale:
         section("scale", lambda: measure_scale(pipeline, job.plan, warm_sizes))

@@ -16,8 +16,9 @@ DEFAULT_MODEL = "stabilityai/sdxl-turbo"
 # The choices, declared once: the service's settings, build_engines.py and the benchmarks offer these.
 ENGINES = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")  # --engine
 DEVICES = ("auto", "cpu", "cuda")  # --device
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # --precision at serve time
-BUILD_PRECISIONS = ("fp16", "bf16", "fp32")  # build_engines.py --precision: the UNet's in TensorRT
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")  # --precision at serve time (int8: OpenVINO, opt-in)
+# build_engines.py --precision: the UNet's in TensorRT; int8 (with --target cpu): NNCF-quantized OpenVINO IR
+BUILD_PRECISIONS = ("fp16", "bf16", "fp32", "int8")
 TARGETS = ("gpu", "cpu")  # build_engines.py --target: TensorRT plans, or OpenVINO IR
 VAES = ("full", "tiny")  # --vae: the SDXL VAE, or the tiny autoencoder (TAESD-XL)
 DEFAULT_STRENGTH = 0.5  # image-to-image: SDXL Turbo's model card uses 0.5 with 2 steps

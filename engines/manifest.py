@@ -14,15 +14,19 @@ from typing import Any, Literal
 from engines.base import EngineUnavailable
 from engines.core.files import bytes_sha256, file_sha256, write_atomically
 from engines.core.hardware import GpuInfo
-from engines.core.specs import COMPILED_COMPONENTS, REQUIRED_COMPONENTS, VAE_ENCODER, BuildRange, ModelDims
+from engines.core.specs import COMPILED_COMPONENTS, REQUIRED_COMPONENTS, UNET, VAE_ENCODER, BuildRange, ModelDims
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 # onnx: the float32 graph (ONNX Runtime, and the reference for checks); typed_onnx: the graph in the
-# precision a strongly typed TensorRT plan computes in (the fp16 UNet); plan: a TensorRT engine.
-ArtefactKind = Literal["onnx", "typed_onnx", "plan", "openvino"]
+# precision a strongly typed TensorRT plan computes in (the fp16 UNet); plan: a TensorRT engine;
+# openvino: the float IR; openvino_int8: the IR NNCF quantized from it (its details hold the quality).
+ArtefactKind = Literal["onnx", "typed_onnx", "plan", "openvino", "openvino_int8"]
 # What build_engines.py needs besides --model and --out to make each kind again.
-BUILD_FLAGS: dict[str, str] = {"onnx": " --onnx-only", "typed_onnx": "", "plan": "", "openvino": " --target cpu"}
+BUILD_FLAGS: dict[str, str] = {
+    "onnx": " --onnx-only", "typed_onnx": "", "plan": "", "openvino": " --target cpu",
+    "openvino_int8": " --target cpu --precision int8",
+}
 
 
 class ManifestError(EngineUnavailable):
@@ -52,6 +56,7 @@ class ComponentEntry:
     plan: Artefact | None = None
     openvino: Artefact | None = None
     typed_onnx: Artefact | None = None  # only where the plan is built from another graph than `onnx`
+    openvino_int8: Artefact | None = None  # a --precision int8 build; the VAE's only where its error allowed it
 
     def artefact(self, kind: ArtefactKind) -> Artefact | None:
         return getattr(self, kind)
@@ -201,6 +206,33 @@ class Manifest:
                 + self.rebuild_command(directory, kind)
             )
         return artefact
+
+    def openvino_artefacts(self, directory: Path, int8: bool) -> dict[str, tuple[ArtefactKind, Artefact]]:
+        """The IR the OpenVINO engine loads, per component: the float IR; with `int8`, the quantized
+        UNet and the VAE decoder in int8 where the build kept one (else float). Refuses an int8 build
+        whose images were past its error threshold."""
+        present = self.present(COMPILED_COMPONENTS, "openvino")  # a build from before image-to-image has no encoder
+        if not int8:
+            return {name: ("openvino", self.artefact(directory, name, "openvino")) for name in present}
+        unet = self.artefact(directory, UNET, "openvino_int8")
+        quality = unet.details.get("quality", {})
+        if not quality.get("usable"):
+            raise ManifestError(
+                f"the int8 build in {directory} is marked unusable: its images' PSNR against the float ones is "
+                f"{quality.get('psnr_db')} dB, below {quality.get('min_psnr_db')} dB; serve the float IR "
+                "(--precision fp32 or bf16), or rebuild with " + self.rebuild_command(directory, "openvino_int8")
+            )
+        chosen: dict[str, tuple[ArtefactKind, Artefact]] = {UNET: ("openvino_int8", unet)}
+        for name in (name for name in present if name != UNET):
+            int8_ir = self.components[name].openvino_int8 if name in self.components else None
+            chosen[name] = ("openvino_int8", int8_ir) if int8_ir else ("openvino", self.artefact(directory, name, "openvino"))
+        return chosen
+
+    def verify_openvino_files(self, directory: Path, int8: bool) -> None:
+        """Hash every file the OpenVINO engine will load (see `openvino_artefacts`)."""
+        for kind, artefact in self.openvino_artefacts(directory, int8).values():
+            for relative, expected in artefact.files.items():
+                self.verify_file(directory, relative, expected, kind)
 
     def verify_files(self, directory: Path, kind: ArtefactKind) -> None:
         """Hash every file of every component's `kind` artefact against the manifest; refuse any difference."""

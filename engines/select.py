@@ -148,10 +148,13 @@ def openvino_candidate(request: EngineRequest) -> Candidate:
         from engines.backends.openvino_engine import INSTALL_HINT
 
         return f"OpenVINO is not installed ({INSTALL_HINT})"
+    int8 = request.precision == "int8"
+    kind: ArtefactKind = "openvino_int8" if int8 else "openvino"
     try:
-        manifest = Manifest.read(request.engine_dir, request.model, "openvino")
-        manifest.artefact(request.engine_dir, COMPILED_COMPONENTS[0], "openvino")  # a --target cpu build at all?
-        _check_model_and_files(request, manifest, "openvino")
+        manifest = Manifest.read(request.engine_dir, request.model, kind)
+        manifest.artefact(request.engine_dir, COMPILED_COMPONENTS[0], kind)  # a --target cpu (int8) build at all?
+        manifest.check_model(request.engine_dir, request.model, known_fingerprint(request.model), kind)
+        manifest.verify_openvino_files(request.engine_dir, int8)
     except ManifestError as exc:
         return str(exc)
     from engines.backends.openvino_engine import OpenVINOEngine
@@ -212,5 +215,7 @@ def _auto(request: EngineRequest) -> tuple[ImageEngine, str]:
         if not isinstance(openvino, str):
             return openvino, f"auto: {reasons[0]}; the OpenVINO IR in {request.engine_dir} matches the model"
         reasons.append(f"not OpenVINO ({openvino})")
+        if request.precision == "int8":
+            raise EngineUnavailable(f"--precision int8 runs on an OpenVINO int8 build only, and none can run here: {openvino}")
     engine = _torch(request)
     return engine, f"auto: {'; '.join(reasons)}; {engine.info.name} is the fastest other path here"

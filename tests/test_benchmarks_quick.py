@@ -14,7 +14,10 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.components import count_flops
+from benchmarks.machine import machine_label
+from benchmarks.peak import summarize_peak
 from benchmarks.scale import linearity_notes
+from benchmarks.summary import peak_is_wrong, warnings
 from tests.helpers import REPO
 
 SECTION_HEADINGS = (
@@ -47,12 +50,21 @@ def test_quick_json_has_every_section(quick_run: dict[str, Path]) -> None:
     assert results["machine"]["cpu_model"] and results["machine"]["libraries"]["torch"]
     assert results["peak"]["fp32"]["gflops"] > 0
 
+    peak = results["peak"]["fp32"]
+    assert {p["implementation"] for p in peak["probes"]} == {"torch", "openvino"}
+    assert {p["matmul_size"] for p in peak["probes"]} == set(results["plan"]["peak_sizes"])
+    assert peak["gflops_best"] == max(p["gflops_best"] for p in peak["probes"]) and peak["gflops_after"] > 0
+    assert peak["nominal"]["flops_per_cycle"] > 0 and results["bandwidth"]["bytes_per_second"] > 1e8
+
     rows = {(r["component"], r["backend"]): r for r in results["components"]}
     assert {"text_encoders", "unet_step", "vae_decode", "png_encode"} <= {c for c, _ in rows}
     for component in ("unet_step", "vae_decode"):
-        row = rows[(component, "torch")]
-        assert row["flops"] > 0 and row["seconds"]["min"] <= row["seconds"]["median"] <= row["seconds"]["max"]
-        assert row["seconds"]["n"] == results["plan"]["component_repeats"]
+        for backend in ("torch", "openvino", "onnxruntime"):  # every backend present, none skipped
+            row = rows[(component, backend)]
+            assert row["flops"] > 0 and row["seconds"]["min"] <= row["seconds"]["median"] <= row["seconds"]["max"]
+            assert row["seconds"]["n"] == results["plan"]["component_repeats"]
+            assert row["bytes"] > 0 and row["bandwidth_bytes_per_second"] > 0
+    assert not [note for note in results["notes"] if "hook" in note]
 
     assert results["baseline"]["precision"] == "fp32" and results["baseline"]["seconds"]["median"] > 0
 
@@ -83,6 +95,10 @@ def test_quick_json_has_every_section(quick_run: dict[str, Path]) -> None:
 
 def test_quick_markdown_has_every_table(quick_run: dict[str, Path]) -> None:
     text = quick_run[".md"].read_text()
+    first_line_after_title = text.splitlines()[2]
+    assert first_line_after_title.startswith("> **QUICK RUN") and "measures nothing about speed" in first_line_after_title
+    assert "| unet_step | openvino | fp32 |" in text and "| vae_decode | onnxruntime | fp32 |" in text
+    assert "nominal fp32 peak:" in text and "memory bandwidth" in text
     for heading in SECTION_HEADINGS:
         assert heading in text, heading
     assert "| unet_step | torch | fp32 |" in text
@@ -126,3 +142,45 @@ def test_linearity_notes_call_out_growth() -> None:
     assert notes[0].endswith(": linear") and "fixed 1 s + 2 s per step" in notes[0]
     assert "+50% per pixel" in notes[1] and notes[1].endswith("worse than linear in pixels")
     assert "not linear" in linearity_notes([row(1, 512, 3.0), row(2, 512, 5.0), row(4, 512, 15.0)], 512)[0]
+
+
+def test_machine_label_drops_trade_marks_and_filler() -> None:
+    assert machine_label({"cpu_model": "Intel(R) Xeon(R) Processor", "usable_cpus": 2}) == "intel-xeon-2c"
+    assert machine_label({"cpu_model": "AMD EPYC 7B13 64-Core Processor", "usable_cpus": 2}) == "amd-epyc-7b13-2c"
+    assert machine_label({"cpu_model": "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz", "usable_cpus": 4}) == "intel-xeon-platinum-8481c-4c"
+
+
+def _results(**overrides: object) -> dict:
+    results = {
+        "plan": {"name": "cpu-full"},
+        "machine": {"usable_cpus": 2, "load_average_at_start": (0.5, 0.5, 0.5), "load_average_at_end": (1.0, 1.0, 1.0)},
+        "peak": {"fp32": {**summarize_peak({"torch@1024": [0.02]}, {"torch@1024": [0.021]}), "nominal": {"gflops": 300.0}}},
+        "components": [],
+    }
+    results.update(overrides)
+    return results
+
+
+def test_a_quiet_full_run_has_no_warnings() -> None:
+    assert warnings(_results()) == []
+
+
+def test_warnings_flag_a_quick_run_first_a_busy_machine_and_drifting_probes() -> None:
+    drifting = {"fp32": summarize_peak({"torch@1024": [0.02]}, {"torch@1024": [0.03]})}
+    busy = {"usable_cpus": 2, "load_average_at_start": (2.5, 1.0, 1.0), "load_average_at_end": None}
+    found = warnings(_results(plan={"name": "quick"}, machine=busy, peak=drifting))
+    assert found[0].startswith("QUICK RUN") and "measures nothing about speed" in found[0]
+    assert any(w.startswith("BUSY MACHINE") and "2.50 on 2 cores" in w for w in found)
+    assert any(w.startswith("UNSTEADY MACHINE") and "33% apart" in w for w in found)
+
+
+def test_a_component_above_the_peak_marks_the_peak_wrong() -> None:
+    peak_gflops = 2 * 1024**3 / 0.02 / 1e9
+    row = {"component": "vae_decode", "backend": "openvino", "precision": "fp32", "seconds": {"median": 1.0},
+           "flops": int(1.13 * peak_gflops * 1e9), "peak_gflops": peak_gflops}
+    reasons = peak_is_wrong(_results(components=[row]))
+    assert len(reasons) == 1 and "113%" in reasons[0] and "probes missed a faster kernel" in reasons[0]
+    assert any(w.startswith("PEAK IS WRONG") for w in warnings(_results(components=[row])))
+    above_nominal = _results()
+    above_nominal["peak"]["fp32"]["nominal"]["gflops"] = 10.0
+    assert "exceeds the nominal" in peak_is_wrong(above_nominal)[0]

@@ -33,6 +33,14 @@ def test_compiled_backend_names() -> None:
     assert onnxruntime_name(on_cuda=True, text_precision="fp16") == "onnxruntime-cuda-fp32-text-fp16"
     assert openvino_name("bf16") == "openvino-cpu-bf16"
     assert openvino_name("f32", tiny_vae=True) == "openvino-cpu-f32-taesd"
+
+
+@pytest.mark.parametrize(("native_bf16", "name"), [(False, "openvino-cpu-int8"), (True, "openvino-cpu-int8-bf16")])
+def test_int8_names_say_int8_and_what_the_float_layers_compute_in(monkeypatch, native_bf16: bool, name: str) -> None:
+    from engines.core import numerics
+
+    monkeypatch.setattr(numerics, "cpu_has_bf16", lambda: native_bf16)
+    assert openvino_name("int8") == name
     assert tensorrt_name("fp16", "tf32") == "tensorrt-fp16-vae-tf32"
     assert tensorrt_name("bf16", "tf32") == "tensorrt-bf16-vae-tf32"
 

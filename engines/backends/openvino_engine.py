@@ -1,8 +1,12 @@
 """OpenVINO: the UNet and VAE decoder (and encoder, for image-to-image) IR from `build_engines.py --target cpu` as the loop's runners.
 
 The CPU path at the silicon's limit: OpenVINO compiles the graphs for this processor, in bf16 where
-it has native bf16 (AVX-512 BF16, AMX), else f32. The text encoders stay in PyTorch (a few percent
-of an image).
+it has native bf16 (AVX-512 BF16, AMX), else f32; with --precision int8 (opt-in), the NNCF-quantized
+UNet (and VAE decoder, where the build kept one) of `build_engines.py --target cpu --precision int8`.
+The text encoders stay in PyTorch (a few percent of an image).
+
+Compiled models are cached (OpenVINO's CACHE_DIR, in the engine directory where it is writable): a
+second start reads the compiled blob instead of compiling the IR again.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from engines.base import EngineLimits
 from engines.core.engine import PipelineEngine
 from engines.core.hardware import usable_cpu_count
 from engines.core.modules import VAEDecoderModule
-from engines.core.numerics import choose_numerics, openvino_name, openvino_precision
+from engines.core.numerics import choose_numerics, openvino_float_hint, openvino_name, openvino_precision
 from engines.core.pipeline import SDXLTurboPipeline
 from engines.core.specs import UNET, VAE_DECODER, VAE_ENCODER, ComponentSpec, ModelDims, trace_size
 from engines.manifest import Manifest
@@ -28,6 +32,7 @@ from engines.manifest import Manifest
 logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install '.[openvino]'"
+COMPILED_CACHE = "compiled-cache"  # under the engine directory: OpenVINO's blobs, keyed by IR, device and config
 
 
 def openvino_version() -> str | None:
@@ -38,16 +43,42 @@ def openvino_version() -> str | None:
     return str(openvino.get_version())
 
 
-def compile_for_cpu(path: Path | Any, precision: str) -> Any:
-    """Compile an IR file (or an in-memory model) for this CPU: latency first, every core we may use."""
+def compile_for_cpu(path: Path | Any, precision: str, cache_dir: Path | None = None, mmap: bool = True) -> Any:
+    """Compile an IR file (or an in-memory model) for this CPU: latency first, every core we may use.
+
+    `cache_dir`: OpenVINO's compiled-model cache; the first compile writes a blob there, later ones
+    (the same IR, device and config) read it, which skips compiling.
+    `mmap=False`: read the weights file instead of mapping it. Mapped, model.bin (fp16) stays
+    resident for the compiled model's life beside the f32/bf16 copy the plugin made from it
+    (benchmarks/openvino_memory.py measures both); read, it is freed once compiled.
+    """
     import openvino as ov
 
-    config = {
+    config: dict[str, Any] = {
         "INFERENCE_PRECISION_HINT": precision,
         "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_NUM_THREADS": usable_cpu_count(),
     }
-    return ov.Core().compile_model(str(path) if isinstance(path, Path) else path, "CPU", config)
+    if cache_dir is not None:
+        config["CACHE_DIR"] = str(cache_dir)
+    core = ov.Core()
+    if not mmap:
+        core.set_property({"ENABLE_MMAP": False})
+    return core.compile_model(str(path) if isinstance(path, Path) else path, "CPU", config)
+
+
+def writable_cache_dir(engine_dir: Path) -> Path | None:
+    """`engine_dir`/compiled-cache where it can be made and written (a read-only image may not let it): None otherwise."""
+    directory = engine_dir / COMPILED_CACHE
+    try:
+        directory.mkdir(exist_ok=True)
+        probe = directory / ".writable"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        logger.info("no compiled-model cache (%s): every start compiles the IR", exc)
+        return None
+    return directory
 
 
 def convert_module(module: torch.nn.Module, spec: ComponentSpec, dims: ModelDims) -> Any:
@@ -104,20 +135,24 @@ class OpenVINOEngine(PipelineEngine):
         self.model, self.engine_dir, self.manifest, self.presets_dir = model, engine_dir, manifest, presets_dir
         self.vae, self.revision = vae, revision
         self.precision = openvino_precision(precision)
+        self.hint = openvino_float_hint(self.precision)  # what the float layers compute in
         # Text encoders in torch with the same arithmetic (bf16 or fp32) on the CPU.
-        self.numerics = choose_numerics("cpu", "bf16" if self.precision == "bf16" else "fp32")
+        self.numerics = choose_numerics("cpu", "bf16" if self.hint == "bf16" else "fp32")
         missing = TINY_VAE_NO_IMAGE_TO_IMAGE if vae == "tiny" else manifest.image_to_image_missing(engine_dir, "openvino")
         limits = EngineLimits(size_multiple=manifest.dims.size_multiple, image_to_image=not missing, image_to_image_reason=missing)
         super().__init__(openvino_name(self.precision, tiny_vae=vae == "tiny"), limits)
 
     def load(self) -> None:
         side = load_text_side(self.model, self.numerics, self.presets_dir, self.vae, self.revision)
-        self.manifest.check_model(self.engine_dir, self.model, side.fingerprint, "openvino")
+        int8 = self.precision == "int8"
+        self.manifest.check_model(self.engine_dir, self.model, side.fingerprint, "openvino_int8" if int8 else "openvino")
+        artefacts = self.manifest.openvino_artefacts(self.engine_dir, int8)
         specs = self.manifest.dims.specs()
+        cache_dir = writable_cache_dir(self.engine_dir)
 
         def compiled(name: str) -> OpenVINORunner:
-            path = self.engine_dir / self.manifest.artefact(self.engine_dir, name, "openvino").path
-            return OpenVINORunner(compile_for_cpu(path, self.precision), specs[name])
+            path = self.engine_dir / artefacts[name][1].path
+            return OpenVINORunner(compile_for_cpu(path, self.hint, cache_dir, mmap=False), specs[name])
 
         vae_decoder = compiled(VAE_DECODER) if side.tiny_vae is None else self._compile_tiny_vae(side.tiny_vae, specs)
         vae_encoder = compiled(VAE_ENCODER) if self.limits.image_to_image else None
@@ -130,4 +165,4 @@ class OpenVINOEngine(PipelineEngine):
         parameters) and compile it like the rest: OpenVINO runs it about twice as fast as torch."""
         module = VAEDecoderModule(tiny_vae.vae.float()).eval()
         model = convert_module(module, specs[VAE_DECODER], self.manifest.dims)
-        return OpenVINORunner(compile_for_cpu(model, self.precision), specs[VAE_DECODER])
+        return OpenVINORunner(compile_for_cpu(model, self.hint), specs[VAE_DECODER])

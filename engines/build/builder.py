@@ -13,6 +13,7 @@ import functools
 import gc
 import logging
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +27,17 @@ from engines.backends.tensorrt_engine import INSTALL_HINT, tensorrt_version
 from engines.base import BUILD_PRECISIONS, TARGETS, EngineUnavailable
 from engines.build.onnx_export import EXPORT_FORMAT, OPSET, check_graph_types, check_onnx, export_modules, export_onnx, model_dims
 from engines.build.openvino_export import OPENVINO_FORMAT, check_inputs, check_openvino, convert_to_openvino, torch_output
+from engines.build.openvino_int8 import (
+    CALIBRATION_PROMPTS, MIN_PSNR_DB, FloatModel, calibration_inputs, calibration_prompts, describe, image_error, images,
+    quantize,
+)
 from engines.build.tensorrt_plans import PlanBuildError, build_plan
 from engines.core.engine import PipelineEngine
 from engines.core.files import file_sha256, package_version
 from engines.core.golden import GoldenImage, golden_request, self_test_problem
 from engines.core.hardware import GpuInfo, cpu_features, cuda_gpu
 from engines.core.numerics import PRECISION_NAMES, tensorrt_graph
-from engines.core.specs import COMPILED_COMPONENTS, UNET, VAE_ENCODER, BuildRange, ComponentSpec
+from engines.core.specs import COMPILED_COMPONENTS, UNET, VAE_DECODER, VAE_ENCODER, BuildRange, ComponentSpec
 from engines.manifest import MANIFEST_NAME, Artefact, ArtefactKind, ComponentEntry, Manifest, ManifestError, inputs_key
 from engines.models.components import SDXLComponents
 from engines.models.sources import load_components, model_fingerprint
@@ -60,6 +65,7 @@ class BuildRequest:
     presets_dir: Path | None = None
     revision: str | None = None  # a hub model's commit, tag or branch
     tolerance: float = 1e-2  # largest relative error of an ONNX graph against torch
+    int8_min_psnr: float = MIN_PSNR_DB  # --precision int8: the int8 images' least PSNR against the float ones
 
 
 @dataclass
@@ -198,6 +204,8 @@ def build(request: BuildRequest) -> BuildReport:
         raise BuildError(f"precision must be one of {', '.join(BUILD_PRECISIONS)}, got {request.precision!r}")
     if request.target not in TARGETS:
         raise BuildError(f"target must be one of {', '.join(TARGETS)}, got {request.target!r}")
+    if request.precision == "int8" and request.target != "cpu":
+        raise BuildError("--precision int8 quantizes OpenVINO IR for the CPU: add --target cpu")
     target = check_target(request.onnx_only, request.target)
     to_openvino = request.target == "cpu"
     previous = _previous_manifest(request.out)
@@ -223,6 +231,8 @@ def build(request: BuildRequest) -> BuildReport:
         cpu=cpu_features() if to_openvino else None,
     )
     steps = len(COMPILED_COMPONENTS) if target is None else 2 * len(COMPILED_COMPONENTS) + _typed_graphs(request)
+    int8 = to_openvino and request.precision == "int8"
+    steps += int8
     run = _Run(request, manifest, None if request.force else previous, _Progress(steps), BuildReport(manifest))
     specs = dims.specs()
 
@@ -243,6 +253,10 @@ def build(request: BuildRequest) -> BuildReport:
         for name in COMPILED_COMPONENTS:
             manifest.components[name].plan = _plan(run, target, specs[name], manifest.components[name])
 
+    # 3b. int8 IR, quantized from the float IR with no torch model left (--target cpu --precision int8).
+    if int8:
+        _openvino_int8(run, specs)
+
     # 4. The golden image: what the engine just built makes for a fixed prompt and seed, which the
     #    service makes again at warm-up (engines/core/golden.py).
     if previous is not None and same_model and not request.force:
@@ -253,6 +267,13 @@ def build(request: BuildRequest) -> BuildReport:
     if previous is None or previous.to_json() != manifest.to_json():
         manifest.write(request.out)
         run.report.manifest_written = True
+    quality = manifest.components[UNET].openvino_int8.details["quality"] if int8 else None
+    if quality is not None and not quality["usable"]:
+        raise BuildError(
+            f"the int8 images are too far from the float ones: PSNR {quality['psnr_db']:.1f} dB, below the "
+            f"{quality['min_psnr_db']:g} dB of --int8-min-psnr; {manifest.to_json()['model']['source']}'s int8 build "
+            f"is recorded as unusable, and the float IR in {request.out} still serves (--precision fp32 or bf16)"
+        )
     return run.report
 
 
@@ -399,6 +420,58 @@ def _openvino(run: _Run, model: _Model, spec: ComponentSpec) -> Artefact:
     versions = {k: run.manifest.versions[k] for k in ("torch", "diffusers", "openvino")}
     key = inputs_key({"component": spec.name, "fingerprint": run.manifest.fingerprint, "format": OPENVINO_FORMAT, "versions": versions})
     return run.artefact(spec.name, "openvino", key, f"converting {spec.name} to OpenVINO IR", make)
+
+
+def _openvino_int8(run: _Run, specs: dict[str, ComponentSpec]) -> None:
+    """The UNet (and the VAE decoder where the error allows) quantized to int8 from the float IR,
+    with the image error against the float IR recorded in the UNet's artefact (see openvino_int8.py)."""
+    request, manifest, out = run.request, run.manifest, run.request.out
+    floats = {name: manifest.components[name].openvino for name in COMPILED_COMPONENTS}
+    size = min(request.build_range.sizes or ((512, 512),))[0]
+    settings = {"nncf": package_version("nncf"), "prompts": file_sha256(CALIBRATION_PROMPTS), "size": size,
+                "min_psnr_db": request.int8_min_psnr}
+    key = inputs_key({"float_ir": {name: a.files for name, a in floats.items()}, **settings})
+    made: dict[str, Artefact | None] = {VAE_DECODER: None}
+
+    def make() -> Artefact:
+        float_model = FloatModel.load(request.model, request.presets_dir, out / floats[UNET].path, out / floats[VAE_DECODER].path, specs)
+        prompts = calibration_prompts()
+        unet_inputs, vae_inputs = calibration_inputs(float_model.pipeline, prompts, size)
+        reference = images(float_model.pipeline, size)
+        float_model.pipeline.unet = None  # one compiled UNet at a time: NNCF reads its own copy next
+        unet_path, kept_in_float = quantize(out / floats[UNET].path, unet_inputs, out / f"{UNET}.openvino-int8", keep_ends_in_float=True)
+        unet_error = image_error(reference, images(float_model.with_runners(unet=unet_path), size), request.int8_min_psnr)
+        logger.info("int8 UNet, float VAE decoder, against the float IR: %s", describe(unet_error))
+        vae_dir = out / f"{VAE_DECODER}.openvino-int8"
+        vae_path, _ = quantize(out / floats[VAE_DECODER].path, vae_inputs, vae_dir, keep_ends_in_float=True)
+        both_error = image_error(reference, images(float_model.with_runners(unet=unet_path, vae=vae_path), size), request.int8_min_psnr)
+        logger.info("int8 UNet and int8 VAE decoder against the float IR: %s", describe(both_error))
+        int8_vae = both_error["usable"] and unet_error["usable"]
+        if int8_vae:
+            made[VAE_DECODER] = _graph_artefact(run, vae_path, key, {"weights": "int8", **settings})
+        else:
+            shutil.rmtree(vae_dir)
+            logger.info("the VAE decoder stays in float: with it in int8 the images are not usable")
+        quality = both_error if int8_vae else unet_error
+        logger.log(logging.INFO if quality["usable"] else logging.ERROR, "int8 build quality (threshold %g dB): %s",
+                   request.int8_min_psnr, describe(quality))
+        details = {
+            "weights": "int8", **settings, "quality": quality, "vae_decoder": "int8" if int8_vae else "float",
+            "errors": {"unet_int8": unet_error, "unet_and_vae_int8": both_error},
+            "calibration": {"prompts": len(prompts), "unet_inputs": len(unet_inputs), "vae_inputs": len(vae_inputs)},
+            "kept_in_float": kept_in_float,
+        }
+        return _graph_artefact(run, unet_path, key, details)
+
+    what = "quantizing to int8 with NNCF and measuring the image error"
+    unet = run.artefact(UNET, "openvino_int8", key, what, make)
+    if unet.path in run.report.reused and unet.details.get("vae_decoder") == "int8":
+        made[VAE_DECODER] = _reuse(run.previous, out, VAE_DECODER, "openvino_int8", key)
+        if made[VAE_DECODER] is None:  # the int8 VAE decoder changed since: both again
+            with run.progress.step(what):
+                unet = make()
+    manifest.components[UNET].openvino_int8 = unet
+    manifest.components[VAE_DECODER].openvino_int8 = made[VAE_DECODER]
 
 
 def timing_cache_name(target: _Target) -> str:

@@ -72,6 +72,11 @@ def choose_numerics(device: str = "auto", precision: str = "auto") -> TorchNumer
             precision = "fp16"
         else:
             precision = "bf16" if cpu_has_bf16() else "fp32"
+    if precision not in TORCH_DTYPES:
+        raise EngineUnavailable(
+            f"--precision {precision} is not a PyTorch precision (fp32, bf16, fp16): int8 runs on the OpenVINO engine, "
+            "from `python build_engines.py --target cpu --precision int8`"
+        )
     dtype = TORCH_DTYPES[precision]
     vae_dtype = dtype
     if dtype == torch.float16:
@@ -96,15 +101,28 @@ def onnxruntime_name(on_cuda: bool, text_precision: str) -> str:
 
 
 def openvino_precision(precision: str = "auto") -> str:
-    """OpenVINO's name for the CPU's arithmetic: bf16 where the processor has it natively, else f32."""
+    """OpenVINO's name for the CPU's arithmetic: bf16 where the processor has it natively, else f32;
+    int8 (opt-in only): the NNCF-quantized IR of an int8 build."""
     if precision == "auto":
         return "bf16" if cpu_has_bf16() else "f32"
-    if precision not in ("bf16", "fp32"):
-        raise EngineUnavailable(f"--precision {precision} is not an OpenVINO CPU precision: use bf16, fp32 or auto")
-    return {"bf16": "bf16", "fp32": "f32"}[precision]
+    if precision not in ("bf16", "fp32", "int8"):
+        raise EngineUnavailable(f"--precision {precision} is not an OpenVINO CPU precision: use bf16, fp32, int8 or auto")
+    return {"bf16": "bf16", "fp32": "f32", "int8": "int8"}[precision]
+
+
+def openvino_float_hint(precision: str) -> str:
+    """The INFERENCE_PRECISION_HINT to compile with: an int8 IR keeps some layers in float (the ends,
+    normalisations, softmax), which run in bf16 where the processor has it natively, else f32."""
+    if precision == "int8":
+        return "bf16" if cpu_has_bf16() else "f32"
+    return precision
 
 
 def openvino_name(precision: str, tiny_vae: bool = False) -> str:
+    """`openvino-cpu-f32`, `openvino-cpu-bf16`, `openvino-cpu-int8` (float layers in f32) or
+    `openvino-cpu-int8-bf16` (float layers in bf16): each computes other bytes, so each its own cache key."""
+    if precision == "int8" and openvino_float_hint(precision) != "f32":
+        precision = f"int8-{openvino_float_hint(precision)}"
     return engine_name("openvino", precision, device="cpu", tiny_vae=tiny_vae)
 
 

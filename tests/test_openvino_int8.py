@@ -1,0 +1,126 @@
+"""The int8 CPU path: build_engines.py --target cpu --precision int8 on the tiny model, its measured
+quality in the manifest, the refusal past the threshold, and serving it opt-in over HTTP."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+from engines.base import EngineUnavailable
+from engines.build.openvino_int8 import MIN_PSNR_DB, calibration_prompts, image_error
+from engines.select import EngineRequest, select_engine
+from tests.helpers import EXAMPLE_PROMPT, ServiceProcess, generate, request, run_build_engines, running_service
+
+pytest.importorskip("nncf", reason="the int8 build needs NNCF: pip install '.[openvino]'")
+
+
+@pytest.fixture(scope="module")
+def int8_build(tmp_path_factory: pytest.TempPathFactory, presets_dir: Path) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("openvino-int8")
+    result = run_build_engines(
+        # Calibrated at 256x256: a quarter of the work of 512x512 on a shared test machine.
+        ["--model", "tiny", "--out", str(out), "--target", "cpu", "--precision", "int8", "--sizes", "256x256",
+         "--presets-dir", str(presets_dir)],
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result.stderr
+
+
+def test_the_int8_build_records_its_image_error_against_the_float_images(int8_build: tuple[Path, str]) -> None:
+    out, log = int8_build
+    unet = json.loads((out / "manifest.json").read_text())["components"]["unet"]
+    assert unet["openvino"]["path"] == "unet.openvino/model.xml"  # the float IR stays: it is the reference
+    int8 = unet["openvino_int8"]
+    assert int8["path"] == "unet.openvino-int8/model.xml"
+    quality = int8["details"]["quality"]
+    assert quality["usable"] and quality["min_psnr_db"] == MIN_PSNR_DB and quality["images"] == 4
+    assert quality["psnr_db"] is None or quality["psnr_db"] >= MIN_PSNR_DB
+    assert 0 <= quality["mean_abs"] <= quality["max_abs"] <= 255
+    assert int8["details"]["calibration"]["prompts"] == len(calibration_prompts()) >= 24
+    assert int8["details"]["calibration"]["unet_inputs"] > int8["details"]["calibration"]["prompts"]  # 1-4 steps each
+    assert len(int8["details"]["kept_in_float"]) == 2  # the first and the last convolution
+    assert "int8 build quality (threshold 20 dB): " in log and " dB, mean |error| " in log
+    assert int8["details"]["vae_decoder"] in ("int8", "float")
+
+
+def test_the_quantized_ir_holds_int8_weights(int8_build: tuple[Path, str]) -> None:
+    import openvino as ov
+
+    model = ov.Core().read_model(int8_build[0] / "unet.openvino-int8" / "model.xml")
+    assert any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+
+
+def test_a_build_past_the_threshold_is_refused_and_never_served(int8_build: tuple[Path, str], presets_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "engines"
+    shutil.copytree(int8_build[0], copy)
+    result = run_build_engines(
+        ["--model", "tiny", "--out", str(copy), "--target", "cpu", "--precision", "int8", "--sizes", "256x256",
+         "--presets-dir", str(presets_dir), "--int8-min-psnr", "1000"],
+        timeout=900,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "the int8 images are too far from the float ones" in result.stderr and "below the 1000 dB of --int8-min-psnr" in result.stderr
+    assert json.loads((copy / "manifest.json").read_text())["components"]["unet"]["openvino_int8"]["details"]["quality"]["usable"] is False
+    with pytest.raises(EngineUnavailable, match="marked unusable"):
+        select_engine(EngineRequest(engine="openvino", model="tiny", engine_dir=copy, precision="int8", presets_dir=presets_dir))
+
+
+def test_int8_with_the_gpu_target_is_refused(tmp_path: Path) -> None:
+    result = run_build_engines(["--model", "tiny", "--out", str(tmp_path), "--precision", "int8"])
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: --precision int8 quantizes OpenVINO IR for the CPU: add --target cpu"
+
+
+def test_int8_on_torch_is_refused_with_the_build_command(presets_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(EngineUnavailable, match=r"int8 runs on the OpenVINO engine, from `python build_engines.py --target cpu --precision int8`"):
+        select_engine(EngineRequest(engine="torch", model="tiny", engine_dir=tmp_path, precision="int8", presets_dir=presets_dir))
+
+
+def test_int8_with_auto_and_no_int8_build_says_why(presets_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(EngineUnavailable, match=r"--precision int8 runs on an OpenVINO int8 build only, and none can run here: no manifest.json"):
+        select_engine(EngineRequest(engine="auto", model="tiny", engine_dir=tmp_path, precision="int8", presets_dir=presets_dir, device="cpu"))
+
+
+def test_image_error_figures_and_verdict() -> None:
+    reference = [np.zeros((4, 4, 3), np.uint8)]
+    assert image_error(reference, reference, 20)["psnr_db"] is None and image_error(reference, reference, 20)["usable"]
+    off_by_ten = [np.full((4, 4, 3), 10, np.uint8)]
+    error = image_error(reference, off_by_ten, 20)
+    assert error["mean_abs"] == error["max_abs"] == 10 and abs(error["psnr_db"] - 28.13) < 0.01 and error["usable"]
+    assert not image_error(reference, off_by_ten, 30)["usable"]
+
+
+@pytest.fixture(scope="module")
+def int8_service(int8_build: tuple[Path, str], presets_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    with running_service(
+        ["--model", "tiny", "--engine-dir", str(int8_build[0]), "--precision", "int8", "--presets-dir", str(presets_dir),
+         "--cache-dir", str(tmp_path_factory.mktemp("int8-image-cache"))]
+    ) as service:
+        yield service
+
+
+def test_the_service_serves_int8_images_when_asked(int8_service: ServiceProcess, int8_build: tuple[Path, str]) -> None:
+    ready = request(int8_service.base_url, "GET", "/readyz").json()
+    assert ready["engine"].startswith("openvino-cpu-int8")
+    reply = generate(int8_service.base_url, {"prompt": EXAMPLE_PROMPT, "seed": 3})
+    assert reply.status == 200 and reply.headers["x-engine"] == ready["engine"]
+    assert reply.image().size == (512, 512) and np.asarray(reply.image()).std() > 1
+    assert any((int8_build[0] / "compiled-cache").iterdir())  # the next start reads compiled blobs
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--precision", "int8", "--int8-min-psnr", "-3"], "argument --int8-min-psnr: '-3': expected a positive number of dB, e.g. 20"),
+        (["--int8-min-psnr", "30"], "--int8-min-psnr: applies to --precision int8 only"),
+    ],
+)
+def test_a_bad_threshold_is_refused_naming_the_flag(args: list[str], message: str, tmp_path: Path) -> None:
+    result = run_build_engines(["--model", "tiny", "--out", str(tmp_path), "--target", "cpu", *args])
+    assert result.returncode == 2 and result.stderr.strip().endswith(message)
