@@ -19,6 +19,7 @@ from aiohttp import web
 from engines.base import EngineUnavailable, ImageEngine, SelfTestFailed
 from service.admission import AdmissionQueue
 from service.auth import ApiKeys, auth_middleware
+from service.cors import cors_middleware
 from service.cache import ImageCache
 from service.errors import REQUEST_ID_HEADER, REQUEST_ID_KEY, error_middleware
 from service.images import CachedImages
@@ -76,6 +77,7 @@ async def _load_and_warm_up(app: web.Application) -> None:
         return
     readiness.state, readiness.detail = "ready", ""
     app[METRICS].self_test.set(1)
+    app[METRICS].engine_ready(engine.info.name, engine.info.model_fingerprint)
     settings = app[SETTINGS]
     logger.info(
         "ready on http://%s:%s: engine %s, model %s", settings.host, settings.port, engine.info.name, engine.info.model_fingerprint
@@ -106,19 +108,23 @@ def create_app(settings: Settings, engine: ImageEngine, cache: ImageCache, api_k
     metrics = ServiceMetrics()
     # Outermost first: the metrics see the status the error middleware settled on, which turns a
     # refused key into its JSON 401.
-    middlewares = [request_id_middleware, metrics_middleware(metrics), error_middleware(settings.max_body_bytes)]
+    middlewares = [request_id_middleware, metrics_middleware(metrics)]
+    if settings.cors_origins:
+        middlewares.append(cors_middleware(settings.cors_origins))  # outside errors and keys: their answers carry CORS too
+    middlewares.append(error_middleware(settings.max_body_bytes))
     if api_keys is not None:
         middlewares.append(auth_middleware(api_keys, settings.metrics_require_key))
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=middlewares)
     metrics.watch_cache(cache)
     app[METRICS] = metrics
+    metrics.ready.set_function(lambda: float(app[READINESS].ready))
     app[SETTINGS] = settings
     app[ENGINE] = engine
     app[CACHE] = cache
     app[READINESS] = Readiness()
     app[LIMITS] = RequestLimits(
         max_prompt_chars=settings.max_prompt_chars, max_steps=settings.max_steps, engine=engine.limits,
-        max_input_pixels=settings.max_input_pixels,
+        max_input_pixels=settings.max_input_pixels, max_images=settings.max_images,
     )
     app[ADMISSION] = AdmissionQueue(
         engine,

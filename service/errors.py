@@ -44,6 +44,10 @@ class BodyTimeout(ApiError):
     status, code, close_connection = 408, "body_timeout", True
 
 
+class NotFound(ApiError):
+    status, code = 404, "not_found"
+
+
 class UnsupportedMediaType(ApiError):
     status, code = 415, "unsupported_media_type"
 
@@ -92,6 +96,26 @@ def json_error(status: int, code: str, message: str, field: str | None = None, h
     return web.json_response(error_body(code, message, field, **extra), status=status, headers=headers)
 
 
+OPENAI_PREFIX = "/v1/"
+# OpenAI's error types by status; its clients raise BadRequestError for 400, AuthenticationError for
+# 401, RateLimitError for 429, InternalServerError for 5xx, and read `param` for the field.
+_OPENAI_TYPES = {401: "invalid_request_error", 429: "requests"}
+
+
+def openai_error(status: int, code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None, **extra: Any) -> web.Response:
+    """The /v1 routes answer errors in OpenAI's shape: a field that breaks its rule is a 400 there."""
+    status = 400 if status == 422 else status
+    kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    body = {"error": {"message": message, "type": kind, "param": field, "code": code, **extra}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+def error_response(request: web.Request, status: int, code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None, **extra: Any) -> web.Response:
+    """Our JSON error, in OpenAI's shape on the OpenAI-compatible routes."""
+    render = openai_error if request.path.startswith(OPENAI_PREFIX) else json_error
+    return render(status, code, message, field, headers, **extra)
+
+
 def error_middleware(max_body_bytes: int) -> Callable[..., Awaitable[web.StreamResponse]]:
     @web.middleware
     async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
@@ -99,7 +123,7 @@ def error_middleware(max_body_bytes: int) -> Callable[..., Awaitable[web.StreamR
         try:
             return await handler(request)
         except ApiError as exc:
-            response = json_error(exc.status, exc.code, exc.message, exc.field, exc.headers)
+            response = error_response(request, exc.status, exc.code, exc.message, exc.field, exc.headers)
             if exc.close_connection:
                 response.force_close()
             return response
@@ -109,9 +133,10 @@ def error_middleware(max_body_bytes: int) -> Callable[..., Awaitable[web.StreamR
             code, template = _HTTP_CODES.get(exc.status, ("http_error", exc.reason or "error"))
             message = template.format(path=request.path, method=request.method, limit=max_body_bytes)
             headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-            return json_error(exc.status, code, message, headers=headers)
+            return error_response(request, exc.status, code, message, headers=headers)
         except Exception:
             logger.exception("request %s failed: %s %s", request_id, request.method, request.path)
-            return json_error(500, "internal_error", f"the server failed to make this image; request id {request_id}", request_id=request_id)
+            message = f"the server failed to make this image; request id {request_id}"
+            return error_response(request, 500, "internal_error", message, request_id=request_id)
 
     return middleware

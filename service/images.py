@@ -54,6 +54,10 @@ class CachedImages:
     def _lookup(self, job: ImageJob, key: str) -> Lookup:
         return Lookup(self.engine.truncated_fields(job.generation), self.cache.get(key, job.output_format))
 
+    async def stored(self, key: str, output_format: str) -> bytes | None:
+        """An image made earlier, by its content key (GET /images/<key>.<format>); None when not (or no longer) cached."""
+        return await asyncio.to_thread(self.cache.get, key, output_format)
+
     async def get(self, job: ImageJob, key: str, deadline: float) -> ImageResult:
         """The image for `job`: from the cache, or made (or joined) now."""
         return await self.answer(job, key, deadline, await asyncio.to_thread(self.cache.get, key, job.output_format))
@@ -72,7 +76,7 @@ class CachedImages:
     async def _make(self, job: ImageJob, key: str, deadline: Deadline) -> bytes:
         pixels = await self.admission.submit(job.generation, deadline)
         started = time.perf_counter()
-        data = await asyncio.to_thread(encode_image, pixels, job.output_format)
+        data = await asyncio.to_thread(encode_image, pixels, job.output_format, job.quality)
         self.metrics.stage("image_encoding", time.perf_counter() - started)
         await asyncio.to_thread(self.cache.set, key, data)  # only a finished image is ever stored
         return data

@@ -12,16 +12,17 @@ PNG_COMPRESS_LEVEL = 1
 LOSSY_QUALITY = 90
 
 
-def encode_image(pixels: np.ndarray, output_format: str) -> bytes:
-    """HxWx3 uint8 -> PNG, JPEG or WebP bytes."""
+def encode_image(pixels: np.ndarray, output_format: str, quality: int | None = None) -> bytes:
+    """HxWx3 uint8 -> PNG, JPEG or WebP bytes; `quality` (0-100) for the lossy ones, 90 by default."""
+    quality = LOSSY_QUALITY if quality is None else quality
     image = Image.fromarray(pixels)
     buffer = io.BytesIO()
     if output_format == "png":
         image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     elif output_format == "jpeg":
-        image.save(buffer, format="JPEG", quality=LOSSY_QUALITY)
+        image.save(buffer, format="JPEG", quality=quality)
     elif output_format == "webp":
-        image.save(buffer, format="WEBP", quality=LOSSY_QUALITY)
+        image.save(buffer, format="WEBP", quality=quality)
     else:
         raise ValueError(f"unknown output format {output_format!r}")
     return buffer.getvalue()

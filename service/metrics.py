@@ -5,10 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from importlib.metadata import PackageNotFoundError, version as package_metadata_version
 from typing import Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -18,6 +29,32 @@ from service.cache import ImageCache
 
 # nginx's code for "client closed the request": the status label of a request whose client left.
 CLIENT_CLOSED = 499
+# Every counter is present from the start, at 0, with these labels: a dashboard's rate() needs a series.
+REFUSAL_REASONS = ("queue_full", "key_share", "deadline", "draining")
+CACHE_RESULTS = ("hit", "miss", "shared")
+
+def package_version(name: str) -> str | None:
+    try:
+        return package_metadata_version(name)
+    except PackageNotFoundError:
+        return None
+
+
+# `*_created` series double every family and no dashboard reads them.
+disable_created_metrics()
+
+
+def outcome(status: int, cache_status: str | None) -> str:
+    """What became of a request, for latency by outcome: hit, miss, shared, refused, invalid, disconnected, error, ok."""
+    if status == CLIENT_CLOSED:
+        return "disconnected"
+    if status >= 500 and status not in (503, 504):
+        return "error"
+    if status in (429, 503, 504):
+        return "refused"
+    if status >= 400:
+        return "invalid"
+    return cache_status.lower() if cache_status else "ok"
 # Seconds: from a cache hit (sub-millisecond) to a full-size image on a CPU (tens of seconds).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120)
 
@@ -26,6 +63,13 @@ class ServiceMetrics(AdmissionObserver):
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)  # CPU seconds, resident memory, open files of this process
+        PlatformCollector(registry=r)
+        self.info = Gauge("sdxl_engine_info", "The engine serving, its model fingerprint and the service version (value 1)",
+                          ["engine", "model", "version"], registry=r)
+        self.ready = Gauge("sdxl_ready", "1 while /readyz answers 200, else 0", registry=r)
+        self.latency = Histogram("sdxl_request_seconds", "Request latency by route and outcome", ["route", "outcome"],
+                                 buckets=LATENCY_BUCKETS, registry=r)
         self.requests = Counter("sdxl_http_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
         # Only with API keys: the short key id (never the key), so one client's traffic can be told apart.
         self.requests_by_key = Counter("sdxl_key_requests", "HTTP requests by API key id and status", ["key", "status"], registry=r)
@@ -37,6 +81,10 @@ class ServiceMetrics(AdmissionObserver):
             "sdxl_self_test_passed", "1: the warm-up image passed the self-test; 0: it failed (see /readyz); -1: not run yet", registry=r
         )
         self.self_test.set(-1)
+        for reason in REFUSAL_REASONS:
+            self.refusals.labels(reason)
+        for result in CACHE_RESULTS:
+            self.cache.labels(result)
         self.stage_seconds = Histogram(
             "sdxl_stage_seconds",
             "Latency per stage: queue_wait, text_encoders, unet, vae, image_encoding, request",
@@ -61,6 +109,10 @@ class ServiceMetrics(AdmissionObserver):
             self.stage_seconds.labels(stage).observe(seconds)
 
     # --- the rest ------------------------------------------------------------------------------------
+
+    def engine_ready(self, engine: str, model: str) -> None:
+        version = package_version("sdxl-turbo-service") or "unknown"
+        self.info.labels(engine, model, version).set(1)
 
     def cache_result(self, result: str) -> None:
         self.cache.labels(result.lower()).inc()
@@ -101,10 +153,10 @@ def metrics_middleware(metrics: ServiceMetrics) -> Callable[..., Awaitable[web.S
     @web.middleware
     async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         started = time.perf_counter()
-        status = 500
+        status, cache_status = 500, None
         try:
             response = await handler(request)
-            status = response.status
+            status, cache_status = response.status, response.headers.get("X-Cache")
             return response
         except web.HTTPException as exc:
             status = exc.status
@@ -115,11 +167,13 @@ def metrics_middleware(metrics: ServiceMetrics) -> Callable[..., Awaitable[web.S
         finally:
             resource = request.match_info.route.resource
             route = resource.canonical if resource is not None else "unmatched"
+            seconds = time.perf_counter() - started
             metrics.requests.labels(route, str(status)).inc()
+            metrics.latency.labels(route, outcome(status, cache_status)).observe(seconds)
             key_id = current_key_id.get()
             if key_id is not None:
                 metrics.requests_by_key.labels(key_id, str(status)).inc()
             if route == "/generate-image":
-                metrics.stage("request", time.perf_counter() - started)
+                metrics.stage("request", seconds)
 
     return middleware

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from engines.base import DEFAULT_STRENGTH
-from service.schema import FORMATS, GUIDANCE_MAX, MAX_IMAGES_PER_REQUEST, SEED_MAX, RequestLimits
+from service.schema import FORMATS, GUIDANCE_MAX, OPENAI_IGNORED, RESPONSE_FORMATS, SEED_MAX, RequestLimits
 
 ERROR = {
     "type": "object",
@@ -22,6 +22,24 @@ ERROR = {
         }
     },
 }
+
+
+# Headers every image answer carries, and the request headers the image routes read.
+IMAGE_HEADERS = {
+    "X-Seed": {"description": "the seed used; send it back for the same image", "schema": {"type": "integer"}},
+    "X-Cache": {"description": "HIT, MISS or SHARED", "schema": {"type": "string"}},
+    "ETag": {"description": "the content key; also the address /images/<key>.<format>", "schema": {"type": "string"}},
+    "X-Engine": {"description": "the backend and numerics that made it", "schema": {"type": "string"}},
+    "X-Request-Id": {"description": "the request's id, also in the logs", "schema": {"type": "string"}},
+    "X-Prompt-Truncated": {"description": "the prompt fields CLIP cut at 77 tokens", "schema": {"type": "string"}},
+}
+REQUEST_HEADERS = [
+    {"name": "X-Request-Timeout", "in": "header", "schema": {"type": "number", "exclusiveMinimum": 0},
+     "description": "seconds, shorter than the server's --request-timeout"},
+    {"name": "X-Request-Id", "in": "header", "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}},
+    {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}},
+    {"name": "Authorization", "in": "header", "schema": {"type": "string"}, "description": "Bearer <API key>, when keys are on"},
+]
 
 
 def _error_responses(*statuses: int) -> dict[str, Any]:
@@ -49,9 +67,13 @@ def openapi_spec(limits: RequestLimits) -> dict[str, Any]:
     generate = {**common, "width": size, "height": size, "format": {"type": "string", "enum": list(FORMATS), "default": "png"},
                 "image": {"type": "string", "contentEncoding": "base64", "description": "image-to-image input: " + image_rule},
                 "strength": strength}
-    openai = {**common, "n": {"type": "integer", "default": 1, "minimum": 1, "maximum": MAX_IMAGES_PER_REQUEST},
-              "size": {"type": "string", "default": "512x512", "pattern": r"^\d+x\d+$"},
-              "response_format": {"type": "string", "enum": ["b64_json"]}, "model": {"type": "string"}, "user": {"type": "string"}}
+    openai = {**common, "n": {"type": "integer", "default": 1, "minimum": 1, "maximum": limits.max_images},
+              "size": {"type": "string", "default": "512x512", "pattern": r"^(auto|[0-9]+x[0-9]+)$"},
+              "response_format": {"type": "string", "enum": list(RESPONSE_FORMATS), "default": "b64_json",
+                                  "description": "url: an address on this service, /images/<key>.<format>"},
+              "output_format": {"type": "string", "enum": list(FORMATS), "default": "png"},
+              "output_compression": {"type": "integer", "minimum": 0, "maximum": 100, "description": "JPEG/WebP quality"},
+              **{name: {"type": "string", "description": "accepted and ignored"} for name in OPENAI_IGNORED}}
     edit = {**{k: v for k, v in openai.items() if k != "size"}, "strength": strength,
             "image": {"type": "string", "format": "binary", "description": image_rule},
             "size": {"type": "string", "pattern": r"^\d+x\d+$", "description": "default: the image's own size"}}
@@ -62,10 +84,13 @@ def openapi_spec(limits: RequestLimits) -> dict[str, Any]:
         "paths": {
             "/generate-image": {
                 "post": {
+                    "operationId": "generateImage",
+                    "summary": "Text-to-image (or image-to-image with `image`): one image, cached by its content key",
+                    "parameters": REQUEST_HEADERS,
                     "requestBody": {"required": True, "content": {"application/json": {"schema": {
                         "type": "object", "properties": generate, "required": ["prompt"], "additionalProperties": False}}}},
                     "responses": {
-                        "200": {"description": "the image", "content": {m: {} for m in FORMATS.values()}},
+                        "200": {"description": "the image", "headers": IMAGE_HEADERS, "content": {m: {} for m in FORMATS.values()}},
                         "304": {"description": "If-None-Match matched the ETag"},
                         **errors,
                     },
@@ -73,22 +98,42 @@ def openapi_spec(limits: RequestLimits) -> dict[str, Any]:
             },
             "/v1/images/generations": {
                 "post": {
+                    "operationId": "createImage",
+                    "summary": "OpenAI's images.generate: n images as base64 or URLs; without a seed, a fresh one each call",
+                    "parameters": REQUEST_HEADERS,
                     "requestBody": {"required": True, "content": {"application/json": {"schema": {
                         "type": "object", "properties": openai, "required": ["prompt"], "additionalProperties": False}}}},
-                    "responses": {"200": {"description": "base64 PNGs", "content": {"application/json": {}}}, **errors},
+                    "responses": {"200": {"description": "base64 images or their URLs", "content": {"application/json": {}}}, **errors},
                 }
             },
             "/v1/images/edits": {
                 "post": {
+                    "operationId": "createImageEdit",
+                    "summary": "OpenAI's images.edit (multipart)",
+                    "parameters": REQUEST_HEADERS,
                     "description": "OpenAI's images.edit: image-to-image from a multipart form; image i uses seed + i",
                     "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                         "type": "object", "properties": edit, "required": ["image", "prompt"], "additionalProperties": False}}}},
-                    "responses": {"200": {"description": "base64 PNGs", "content": {"application/json": {}}}, **errors},
+                    "responses": {"200": {"description": "base64 images or their URLs", "content": {"application/json": {}}}, **errors},
                 }
             },
-            "/healthz": {"get": {"responses": {"200": {"description": "the process answers"}}}},
-            "/readyz": {"get": {"responses": {"200": {"description": "ready"}, "503": {"description": "loading or draining"}}}},
-            "/metrics": {"get": {"responses": {"200": {"description": "Prometheus text format"}}}},
+            "/v1/models": {"get": {"operationId": "listModels", "summary": "The one model served, as OpenAI's models.list reads it",
+                                   "responses": {"200": {"description": "a list of one model", "content": {"application/json": {}}}}}},
+            "/images/{key}.{format}": {"get": {
+                "operationId": "getImage",
+                "summary": "An image by its content address (the ETag); immutable, cacheable for a year",
+                "parameters": [
+                    {"name": "key", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
+                    {"name": "format", "in": "path", "required": True, "schema": {"type": "string", "enum": list(FORMATS)}},
+                    {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}},
+                ],
+                "responses": {"200": {"description": "the image", "content": {m: {} for m in FORMATS.values()}},
+                              "304": {"description": "If-None-Match matched"}, **_error_responses(404)},
+            }},
+            "/healthz": {"get": {"operationId": "healthz", "summary": "The process answers", "responses": {"200": {"description": "the process answers"}}}},
+            "/readyz": {"get": {"operationId": "readyz", "summary": "Ready to serve: model loaded, warm-up image made, self-test passed",
+                                "responses": {"200": {"description": "ready"}, "503": {"description": "loading, failed or draining"}}}},
+            "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics", "responses": {"200": {"description": "Prometheus text format"}}}},
         },
         "components": {"schemas": {"Error": ERROR}},
     }

@@ -11,10 +11,10 @@ from typing import Awaitable, Callable, Mapping, TypeVar
 
 from aiohttp import web
 
-from service.errors import BodyTimeout, BodyTooLarge, DeadlineExceeded, InvalidField, NotReady, UnsupportedMediaType
+from service.errors import BodyTimeout, BodyTooLarge, DeadlineExceeded, InvalidField, NotFound, NotReady, UnsupportedMediaType
 from service.openapi import openapi_spec
 from service.schema import (
-    ImageJob, decode_json_body, has_input_image, parse_generation_request, parse_openai_edit, parse_openai_request,
+    FORMATS, ImageJob, decode_json_body, has_input_image, parse_generation_request, parse_openai_edit, parse_openai_request,
 )
 from service.state import ADMISSION, ENGINE, IMAGES, LIMITS, METRICS, READINESS, SETTINGS
 
@@ -29,6 +29,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/generate-image", generate_image)
     app.router.add_post("/v1/images/generations", openai_generations)
     app.router.add_post("/v1/images/edits", openai_edits)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get(r"/images/{key:[0-9a-f]{64}}.{format:png|jpeg|webp}", stored_image)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -156,8 +158,9 @@ async def openai_generations(request: web.Request) -> web.Response:
     """The OpenAI Images API shape: n PNGs as base64 in one JSON answer."""
     require_ready(request)
     deadline = request_deadline(request)
-    jobs = parse_openai_request(await read_json(request, deadline), request.app[LIMITS])
-    return await openai_answer(request, jobs, deadline)
+    body = await read_json(request, deadline)
+    jobs = parse_openai_request(body, request.app[LIMITS])  # a body that is not an object stops here
+    return await openai_answer(request, jobs, deadline, body.get("response_format") == "url")
 
 
 async def openai_edits(request: web.Request) -> web.Response:
@@ -170,8 +173,9 @@ async def openai_edits(request: web.Request) -> web.Response:
         )
     form = await read_image_route_body(request, lambda r: r.post())
     limits = request.app[LIMITS]
-    jobs = await asyncio.to_thread(lambda: parse_openai_edit(form_fields(form), limits))
-    return await openai_answer(request, jobs, deadline)
+    fields = await asyncio.to_thread(form_fields, form)
+    jobs = await asyncio.to_thread(parse_openai_edit, fields, limits)
+    return await openai_answer(request, jobs, deadline, fields.get("response_format") == "url")
 
 
 def form_fields(form: Mapping[str, object]) -> dict[str, str | bytes]:
@@ -187,17 +191,43 @@ def form_fields(form: Mapping[str, object]) -> dict[str, str | bytes]:
     return fields
 
 
-async def openai_answer(request: web.Request, jobs: list[ImageJob], deadline: float) -> web.Response:
-    """n PNGs as base64 in one JSON answer, each cached like a /generate-image request."""
+async def openai_answer(request: web.Request, jobs: list[ImageJob], deadline: float, as_urls: bool) -> web.Response:
+    """n images in one JSON answer, as base64 or as URLs this service serves (/images/<key>.<format>),
+    each cached like a /generate-image request; every item says its seed, to make it again."""
     images = request.app[IMAGES]
+    keys = [images.key(job) for job in jobs]
     results = await within_deadline(
-        request, all_or_none([images.get(job, images.key(job), deadline) for job in jobs]), deadline
+        request, all_or_none([images.get(job, key, deadline) for job, key in zip(jobs, keys)]), deadline
     )
-    encoded = await asyncio.to_thread(lambda: [base64.b64encode(r.data).decode("ascii") for r in results])
-    data = [{"b64_json": b64, "seed": job.generation.seed} for job, b64 in zip(jobs, encoded)]
-    return web.json_response(
-        {"created": int(time.time()), "data": data}, headers={"X-Engine": request.app[ENGINE].info.name}
-    )
+    if as_urls:
+        base = f"{request.scheme}://{request.host}"
+        data = [{"url": f"{base}/images/{key}.{job.output_format}", "seed": job.generation.seed} for job, key in zip(jobs, keys)]
+    else:
+        encoded = await asyncio.to_thread(lambda: [base64.b64encode(r.data).decode("ascii") for r in results])
+        data = [{"b64_json": b64, "seed": job.generation.seed} for job, b64 in zip(jobs, encoded)]
+    headers = {"X-Engine": request.app[ENGINE].info.name}
+    return web.json_response({"created": int(time.time()), "data": data}, headers=headers)
+
+
+async def stored_image(request: web.Request) -> web.Response:
+    """GET /images/<key>.<format>: an image by its content address; the bytes never change, so caches
+    and CDNs may keep it for a year."""
+    key, output_format = request.match_info["key"], request.match_info["format"]
+    data = await request.app[IMAGES].stored(key, output_format)
+    if data is None:
+        raise NotFound(f"no image {key}.{output_format} here (never made, or evicted from the cache): make it again with the same request")
+    headers = {"ETag": f'"{key}"', "Cache-Control": "public, max-age=31536000, immutable"}
+    if etag_matches(request.headers.get("If-None-Match"), headers["ETag"]):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=data, content_type=FORMATS[output_format], headers=headers)
+
+
+async def models(request: web.Request) -> web.Response:
+    """GET /v1/models: the one model this service serves, as OpenAI's clients list it."""
+    engine = request.app[ENGINE]
+    model = {"id": request.app[SETTINGS].model, "object": "model", "created": 0, "owned_by": "sdxl-turbo-service",
+             "engine": engine.info.name, "fingerprint": engine.info.model_fingerprint}
+    return web.json_response({"object": "list", "data": [model]})
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -33,6 +33,7 @@ class RequestLimits:
     max_steps: int = 4
     engine: EngineLimits = EngineLimits()
     max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS  # image-to-image: checked from the header, before decoding
+    max_images: int = 4  # OpenAI's n, at most
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class ImageJob:
     generation: GenerationRequest
     output_format: str = "png"
     image_sha256: str | None = None  # image-to-image: of the pixels the engine gets (see service.input_images)
+    quality: int | None = None  # JPEG/WebP quality from OpenAI's output_compression; None: the default
 
     @property
     def media_type(self) -> str:
@@ -61,6 +63,7 @@ class ImageJob:
             "format": self.output_format,
             # Only from an image, so that text-to-image keys stay what they were.
             **({} if self.image_sha256 is None else {"image_sha256": self.image_sha256, "strength": g.strength}),
+            **({} if self.quality is None else {"quality": self.quality}),
         }
 
 
@@ -256,9 +259,14 @@ def _input_image(body: dict[str, Any], limits: RequestLimits) -> tuple[Any, floa
 
 # --- POST /v1/images/generations: the OpenAI Images API shape over the same rules -----------------
 
-OPENAI_FIELDS = ("prompt", "n", "size", "response_format", "model", "user", "negative_prompt",
-                 "num_inference_steps", "guidance_scale", "seed")
-MAX_IMAGES_PER_REQUEST = 4
+# OpenAI's own fields, then ours. Accepted and ignored (documented in the README): quality, style,
+# background, moderation, user, model (there is one model).
+OPENAI_FIELDS = ("prompt", "n", "size", "response_format", "model", "user", "quality", "style", "background",
+                 "moderation", "output_format", "output_compression", "negative_prompt", "num_inference_steps",
+                 "guidance_scale", "seed")
+OPENAI_IGNORED = {"quality": None, "style": None, "background": None, "moderation": None, "user": None, "model": None}
+RESPONSE_FORMATS = ("b64_json", "url")
+AUTO_SIZE = "512x512"  # size "auto": SDXL Turbo's own size
 _SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
 
 
@@ -275,16 +283,27 @@ def parse_openai_request(body: Any, limits: RequestLimits, edit: bool = False) -
         if name not in allowed:
             raise InvalidField(f"unknown field {name!r}; the fields are: {', '.join(allowed)}", name)
     count = _integer(body, "n", 1)
-    if not 1 <= count <= MAX_IMAGES_PER_REQUEST:
-        raise InvalidField(f"n must be from 1 to {MAX_IMAGES_PER_REQUEST}, got {count}", "n")
-    if body.get("response_format", "b64_json") != "b64_json":
-        raise InvalidField("response_format must be b64_json (this service stores no image URLs)", "response_format")
-    for name in ("model", "user"):
+    if not 1 <= count <= limits.max_images:
+        raise InvalidField(f"n must be from 1 to {limits.max_images}, got {count}", "n")
+    if not isinstance(body.get("response_format", "b64_json"), str) or body.get("response_format", "b64_json") not in RESPONSE_FORMATS:
+        raise InvalidField(f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, got {body['response_format']!r}", "response_format")
+    for name in OPENAI_IGNORED:
         if name in body and not isinstance(body[name], str):
             raise InvalidField(f"{name} must be a string, got {_json_type(body[name])}", name)
-    size = body.get("size", None if edit else "512x512")
+    output_format = body.get("output_format", "png")
+    if not isinstance(output_format, str) or output_format not in FORMATS:
+        raise InvalidField(f"output_format must be one of {', '.join(FORMATS)}, got {output_format!r}", "output_format")
+    quality = None
+    if "output_compression" in body:
+        quality = _integer(body, "output_compression", 100)
+        if not 0 <= quality <= 100:
+            raise InvalidField(f"output_compression must be from 0 to 100, got {quality}", "output_compression")
+    size = body.get("size", None if edit else AUTO_SIZE)
+    if size == "auto":
+        size = None if edit else AUTO_SIZE
     passed = ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "seed", "image", "strength")
-    fields = {k: body[k] for k in passed if k in body}
+    # Without a seed, a fresh image each call, as OpenAI does (/generate-image stays deterministic).
+    fields = {"seed": RANDOM_SEED, **{k: body[k] for k in passed if k in body}}
     if size is not None:
         # ASCII digits only: str.isdigit and int() also take "²" or "５".
         match = _SIZE.fullmatch(size) if isinstance(size, str) else None
@@ -293,7 +312,11 @@ def parse_openai_request(body: Any, limits: RequestLimits, edit: bool = False) -
         fields.update(width=int(match.group(1)), height=int(match.group(2)))
     first = parse_generation_request(fields, limits)
     seeds = [(first.generation.seed + i) % (SEED_MAX + 1) for i in range(count)]
-    return [ImageJob(dataclasses.replace(first.generation, seed=seed), "png", first.image_sha256) for seed in seeds]
+    quality = None if output_format == "png" else quality  # PNG is lossless: compression does not change it
+    return [
+        ImageJob(dataclasses.replace(first.generation, seed=seed), output_format, first.image_sha256, quality)
+        for seed in seeds
+    ]
 
 
 # --- POST /v1/images/edits: OpenAI's multipart form over the same rules, from an image ------------

@@ -50,6 +50,8 @@ class Settings:
     max_input_pixels: int = 4096 * 4096
     max_prompt_chars: int = 2000
     max_steps: int = 4
+    max_images: int = 4
+    cors_origins: str = ""
     max_queue: int = 32
     max_batch: int = 1
     batch_window_ms: float = 0.0
@@ -100,6 +102,14 @@ def _flag(text: str) -> bool:
     return text.lower() in ("true", "1", "yes")
 
 
+def _origins(text: str) -> str:
+    origins = [o.strip() for o in text.split(",") if o.strip()]
+    bad = [o for o in origins if o != "*" and not re.fullmatch(r"https?://[^/\s]+", o)]
+    if bad:
+        raise ValueError(f"each origin must be * or scheme://host[:port] with no path, got {', '.join(bad)}")
+    return ",".join(origins)
+
+
 def _nonempty(text: str) -> str:
     if not text.strip():
         raise ValueError("must not be empty")
@@ -125,6 +135,8 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "max_input_pixels": (_bounded(int, 64, 2**28), "most pixels of an input image, checked before it is decoded"),
     "max_prompt_chars": (_bounded(int, 1, 100_000), "longest prompt accepted, in characters"),
     "max_steps": (_bounded(int, 1, 50), "most inference steps a request may ask for"),
+    "max_images": (_bounded(int, 1, 16), "most images one /v1 request may ask for (OpenAI's n)"),
+    "cors_origins": (_origins, "origins that may call the API from a browser, comma-separated (* for any); empty: CORS off"),
     "max_queue": (_bounded(int, 1, 100_000), "work waiting for the model before new requests get 429, in 512x512 1-step images (a request counts pixels x steps x 2 with guidance)"),
     "max_batch": (_bounded(int, 1, 64), "most requests run as one UNet batch (1: batching off)"),
     "batch_window_ms": (_bounded(float, 0, 10_000), "how long a batch waits to fill up"),

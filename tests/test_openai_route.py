@@ -31,8 +31,10 @@ def test_openai_shape_returns_n_distinct_pngs_that_match_generate_image(tiny_ser
         ({"prompt": "a", "n": 5}, "n"),
         ({"prompt": "a", "size": "big"}, "size"),
         ({"prompt": "a", "size": "513x512"}, "width"),
-        ({"prompt": "a", "response_format": "url"}, "response_format"),
-        ({"prompt": "a", "quality": "hd"}, "quality"),
+        ({"prompt": "a", "response_format": "jpeg"}, "response_format"),
+        ({"prompt": "a", "output_format": "gif"}, "output_format"),
+        ({"prompt": "a", "output_compression": 101}, "output_compression"),
+        ({"prompt": "a", "quality": {"level": "hd"}}, "quality"),
         ({"n": 1}, "prompt"),
     ],
 )
@@ -40,7 +42,8 @@ async def test_openai_bad_fields_are_named(make_client, body, field):
     engine = ControlledEngine()
     client = await make_client(engine)
     reply = await client.post("/v1/images/generations", json=body)
-    assert reply.status == 422 and (await reply.json())["error"]["field"] == field
+    error = (await reply.json())["error"]
+    assert reply.status == 400 and error["param"] == field and error["type"] == "invalid_request_error"
     assert engine.requests_seen == 0
 
 
@@ -48,8 +51,10 @@ async def test_openapi_describes_the_routes_and_the_live_limits(make_client):
     client = await make_client(ControlledEngine(), max_steps=3)
     spec = await (await client.get("/openapi.json")).json()
     registered = {r.resource.canonical for r in client.app.router.routes() if r.method in ("GET", "POST")}
-    documented = {"/generate-image", "/v1/images/generations", "/v1/images/edits", "/healthz", "/readyz", "/metrics"}
+    documented = {"/generate-image", "/v1/images/generations", "/v1/images/edits", "/v1/models", "/images/{key}.{format}",
+                  "/healthz", "/readyz", "/metrics"}
     assert set(spec["paths"]) == documented
-    assert registered - documented == {"/", "/openapi.json"}, "every other route is in the spec"
+    assert registered - documented == {"/", "/openapi.json", "/favicon.ico", "/static"}, "every other route is in the spec"
+    assert all(op.get("operationId") and op.get("summary") for path in spec["paths"].values() for op in path.values())
     schema = spec["paths"]["/generate-image"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert schema["properties"]["num_inference_steps"]["maximum"] == 3
