@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from engines.base import DEFAULT_STRENGTH
-from service.schema import FORMATS, GUIDANCE_MAX, OPENAI_IGNORED, RESPONSE_FORMATS, SEED_MAX, RequestLimits
+from service.schema import FORMATS, GUIDANCE_MAX, MIN_REQUEST_TIMEOUT, OPENAI_IGNORED, RESPONSE_FORMATS, SEED_MAX, RequestLimits
 
 ERROR = {
     "type": "object",
@@ -15,7 +15,7 @@ ERROR = {
             "properties": {
                 "code": {"type": "string"},
                 "message": {"type": "string"},
-                "field": {"type": ["string", "null"]},
+                "field": {"type": "string", "nullable": True},
                 "request_id": {"type": "string"},
             },
             "required": ["code", "message"],
@@ -34,9 +34,10 @@ IMAGE_HEADERS = {
     "X-Prompt-Truncated": {"description": "the prompt fields CLIP cut at 77 tokens", "schema": {"type": "string"}},
 }
 REQUEST_HEADERS = [
-    {"name": "X-Request-Timeout", "in": "header", "schema": {"type": "number", "exclusiveMinimum": 0},
+    {"name": "X-Request-Timeout", "in": "header", "schema": {"type": "number", "minimum": MIN_REQUEST_TIMEOUT},
      "description": "seconds, shorter than the server's --request-timeout"},
-    {"name": "X-Request-Id", "in": "header", "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}},
+    {"name": "X-Request-Id", "in": "header", "schema": {"type": "string"},
+     "description": "used as the request's id when it is 1-64 of A-Z a-z 0-9 . _ -; otherwise a new id is made"},
     {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}},
     {"name": "Authorization", "in": "header", "schema": {"type": "string"}, "description": "Bearer <API key>, when keys are on"},
 ]
@@ -52,20 +53,20 @@ def openapi_spec(limits: RequestLimits) -> dict[str, Any]:
     size = {"type": "integer", "default": 512, "minimum": engine.min_size, "maximum": engine.max_size,
             "multipleOf": engine.size_multiple}
     common = {
-        "prompt": {"type": "string", "minLength": 1, "maxLength": limits.max_prompt_chars},
+        "prompt": {"type": "string", "minLength": 1, "maxLength": limits.max_prompt_chars, "pattern": "\\S"},
         "negative_prompt": {"type": "string", "default": "", "maxLength": limits.max_prompt_chars},
         "num_inference_steps": {"type": "integer", "default": 1, "minimum": 1, "maximum": limits.max_steps},
         "guidance_scale": {"type": "number", "default": 0.0, "minimum": 0, "maximum": GUIDANCE_MAX},
         "seed": {"type": "integer", "minimum": -1, "maximum": SEED_MAX,
                  "description": "omitted: derived from the request; -1: a fresh random seed"},
     }
-    strength = {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": DEFAULT_STRENGTH,
+    strength = {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1, "default": DEFAULT_STRENGTH,
                 "description": "image-to-image only: how much of the image is redrawn; int(num_inference_steps x strength) "
                                "steps run and must be at least 1"}
     image_rule = (f"PNG, JPEG or WebP, at most {limits.max_input_pixels} pixels; the output is its size unless width "
                   "and height are given, then it is resized to exactly width x height with Lanczos")
     generate = {**common, "width": size, "height": size, "format": {"type": "string", "enum": list(FORMATS), "default": "png"},
-                "image": {"type": "string", "contentEncoding": "base64", "description": "image-to-image input: " + image_rule},
+                "image": {"type": "string", "minLength": 1, "format": "byte", "description": "image-to-image input: " + image_rule},
                 "strength": strength}
     openai = {**common, "n": {"type": "integer", "default": 1, "minimum": 1, "maximum": limits.max_images},
               "size": {"type": "string", "default": "512x512", "pattern": r"^(auto|[0-9]+x[0-9]+)$"},
@@ -77,9 +78,10 @@ def openapi_spec(limits: RequestLimits) -> dict[str, Any]:
     edit = {**{k: v for k, v in openai.items() if k != "size"}, "strength": strength,
             "image": {"type": "string", "format": "binary", "description": image_rule},
             "size": {"type": "string", "pattern": r"^\d+x\d+$", "description": "default: the image's own size"}}
-    errors = _error_responses(400, 413, 415, 422, 429, 503, 504, 500)
+    errors = _error_responses(400, 401, 408, 413, 415, 422, 429, 503, 504, 500)
     return {
-        "openapi": "3.1.0",
+        # 3.0: its JSON Schema dialect makes "integer" refuse 1.0, as the server does (3.1's takes it).
+        "openapi": "3.0.3",
         "info": {"title": "SDXL Turbo image service", "version": "1"},
         "paths": {
             "/generate-image": {

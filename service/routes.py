@@ -11,10 +11,10 @@ from typing import Awaitable, Callable, Mapping, TypeVar
 
 from aiohttp import web
 
-from service.errors import BodyTimeout, BodyTooLarge, DeadlineExceeded, InvalidField, NotFound, NotReady, UnsupportedMediaType
+from service.errors import BodyTimeout, BodyTooLarge, DeadlineExceeded, InvalidField, MalformedBody, NotFound, NotReady, UnsupportedMediaType
 from service.openapi import openapi_spec
 from service.schema import (
-    FORMATS, ImageJob, decode_json_body, has_input_image, parse_generation_request, parse_openai_edit, parse_openai_request,
+    FORMATS, MIN_REQUEST_TIMEOUT, ImageJob, decode_json_body, has_input_image, parse_generation_request, parse_openai_edit, parse_openai_request,
 )
 from service.state import ADMISSION, ENGINE, IMAGES, LIMITS, METRICS, READINESS, SETTINGS
 
@@ -87,8 +87,8 @@ def request_deadline(request: web.Request) -> float:
             asked = float(header)
         except ValueError:
             asked = math.nan
-        if not (math.isfinite(asked) and asked > 0):
-            raise InvalidField(f"{TIMEOUT_HEADER} must be a positive number of seconds, got {header!r}", TIMEOUT_HEADER)
+        if not (math.isfinite(asked) and asked >= MIN_REQUEST_TIMEOUT):
+            raise InvalidField(f"{TIMEOUT_HEADER} must be a number of seconds, at least {MIN_REQUEST_TIMEOUT}, got {header!r}", TIMEOUT_HEADER)
         timeout = min(timeout, asked)
     return asyncio.get_running_loop().time() + timeout
 
@@ -171,11 +171,19 @@ async def openai_edits(request: web.Request) -> web.Response:
         raise UnsupportedMediaType(
             f"Content-Type must be multipart/form-data, got {request.content_type or 'nothing'}", "Content-Type"
         )
-    form = await read_image_route_body(request, lambda r: r.post())
+    form = await read_image_route_body(request, read_form)
     limits = request.app[LIMITS]
     fields = await asyncio.to_thread(form_fields, form)
     jobs = await asyncio.to_thread(parse_openai_edit, fields, limits)
     return await openai_answer(request, jobs, deadline, fields.get("response_format") == "url")
+
+
+async def read_form(request: web.Request) -> Mapping[str, object]:
+    """The multipart form; a malformed one (no boundary, cut parts) is the client's mistake, a 400."""
+    try:
+        return await request.post()
+    except (ValueError, AssertionError, UnicodeDecodeError) as exc:
+        raise MalformedBody(f"the multipart/form-data body cannot be read ({exc.__class__.__name__}: {exc})") from None
 
 
 def form_fields(form: Mapping[str, object]) -> dict[str, str | bytes]:

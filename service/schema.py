@@ -21,6 +21,7 @@ from service.input_images import DEFAULT_MAX_INPUT_PIXELS, base64_bytes, load_pi
 
 SEED_MAX = 2**32 - 1
 RANDOM_SEED = -1
+MIN_REQUEST_TIMEOUT = 0.001  # seconds: X-Request-Timeout below a millisecond cannot be met, only refused later
 GUIDANCE_MAX = 20.0
 FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 FIELDS = ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "seed", "width", "height", "format",
@@ -322,7 +323,8 @@ def parse_openai_request(body: Any, limits: RequestLimits, edit: bool = False) -
 # --- POST /v1/images/edits: OpenAI's multipart form over the same rules, from an image ------------
 
 EDIT_FIELDS = (*OPENAI_FIELDS, "image", "strength")
-_FORM_NUMBERS: dict[str, type] = {"n": int, "seed": int, "num_inference_steps": int, "guidance_scale": float, "strength": float}
+_FORM_NUMBERS: dict[str, type] = {"n": int, "seed": int, "num_inference_steps": int, "guidance_scale": float, "strength": float,
+                                   "output_compression": int}
 
 
 def parse_openai_edit(form: dict[str, str | bytes], limits: RequestLimits) -> list[ImageJob]:

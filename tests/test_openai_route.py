@@ -58,3 +58,11 @@ async def test_openapi_describes_the_routes_and_the_live_limits(make_client):
     assert all(op.get("operationId") and op.get("summary") for path in spec["paths"].values() for op in path.values())
     schema = spec["paths"]["/generate-image"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert schema["properties"]["num_inference_steps"]["maximum"] == 3
+
+
+async def test_a_multipart_body_without_a_boundary_is_a_400(make_client):
+    engine = ControlledEngine()
+    client = await make_client(engine)
+    reply = await client.post("/v1/images/edits", data=b"", headers={"Content-Type": "multipart/form-data"})
+    assert reply.status == 400 and (await reply.json())["error"]["type"] == "invalid_request_error"
+    assert engine.requests_seen == 0
