@@ -17,10 +17,13 @@ PYTEST_ARGS ?=
 # 1 when this machine has an NVIDIA GPU (nvidia-smi lists one), else empty.
 GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
+# The shared cache tier's tests start a real Redis server (tests/test_redis_cache.py).
+REDIS_SERVER := $(shell command -v redis-server)
+
 # The browser tests drive Debian's Chromium (Playwright's own browser download cannot run here).
 CHROMIUM := $(shell command -v chromium || command -v chromium-browser)
 
-.PHONY: browser install serve test bench bench-quick engines gpu-install driver-check gpu-check gpu-check-torch gpu-wheels clean
+.PHONY: browser redis install serve test bench bench-quick engines gpu-install driver-check gpu-check gpu-check-torch gpu-wheels clean
 
 # ---- the CPU environment ----------------------------------------------------------------------
 
@@ -65,6 +68,12 @@ ifeq ($(CHROMIUM),)
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
 endif
 
+# redis-server for tests/test_redis_cache.py, from the system's packages (root, as in CI), when it is missing.
+redis:
+ifeq ($(REDIS_SERVER),)
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server
+endif
+
 ifeq ($(GPU),1)
 # TensorRT engines for this GPU, built once (minutes; build_engines.py logs its progress, and does
 # nothing when the manifest in ENGINE_DIR already matches this GPU, TensorRT and model).
@@ -76,7 +85,7 @@ endif
 	SDXL_MODEL=$(MODEL) SDXL_ENGINE=$(ENGINE) SDXL_ENGINE_DIR=$(ENGINE_DIR) SDXL_HOST=$(HOST) SDXL_PORT=$(PORT) $(PY_GPU) -m service
 
 # The CPU suite, then the gpu tier in the GPU environment.
-test: install gpu-install browser
+test: install gpu-install browser redis
 	$(PY) -m pytest $(PYTEST_ARGS)
 	$(PY_GPU) -m pytest -m gpu $(PYTEST_ARGS)
 
@@ -86,7 +95,7 @@ else
 serve: install
 	SDXL_MODEL=$(MODEL) SDXL_ENGINE=$(ENGINE) SDXL_HOST=$(HOST) SDXL_PORT=$(PORT) $(PY) -m service
 
-test: install browser
+test: install browser redis
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 engines: install

@@ -25,10 +25,12 @@ from service.errors import REQUEST_ID_HEADER, REQUEST_ID_KEY, error_middleware
 from service.images import CachedImages
 from service.logs import current_request_id
 from service.metrics import ServiceMetrics, metrics_middleware
+from service.redis_tier import RedisTier
 from service.routes import add_routes
 from service.schema import RequestLimits
 from service.settings import Settings
 from service.state import ADMISSION, CACHE, ENGINE, IMAGES, LIMITS, METRICS, READINESS, SETTINGS, Readiness
+from service.tiers import MemoryTier, Tiers
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +102,7 @@ async def _engine_context(app: web.Application) -> AsyncIterator[None]:
 
 async def _cache_context(app: web.Application) -> AsyncIterator[None]:
     yield
-    await asyncio.to_thread(app[CACHE].close)
+    await app[IMAGES].tiers.close()
 
 
 def create_app(settings: Settings, engine: ImageEngine, cache: ImageCache, api_keys: ApiKeys | None = None) -> web.Application:
@@ -134,7 +136,10 @@ def create_app(settings: Settings, engine: ImageEngine, cache: ImageCache, api_k
         observer=metrics,
         max_queue_share=settings.max_queue_share if api_keys is not None else 1.0,
     )
-    app[IMAGES] = CachedImages(engine, cache, app[ADMISSION], metrics)
+    shared = None if settings.cache_url is None else RedisTier(settings.cache_url, settings.cache_ttl)
+    tiers = Tiers(MemoryTier(settings.memory_cache_size), cache, shared)
+    metrics.watch_tiers(tiers)
+    app[IMAGES] = CachedImages(engine, tiers, app[ADMISSION], metrics)
     # Cleanup runs in reverse: the engine stops before the cache closes.
     app.cleanup_ctx.append(_cache_context)
     app.cleanup_ctx.append(_engine_context)

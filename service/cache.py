@@ -171,6 +171,11 @@ class ImageCache:
         except Exception:
             logger.exception("image cache delete failed for %s", key)
 
+    @property
+    def working(self) -> bool:
+        """False while reads or writes are failing (an outage, logged once)."""
+        return not self._failing
+
     def close(self) -> None:
         if self._cache is not None:
             self._cache.close()

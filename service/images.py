@@ -1,8 +1,8 @@
-"""One image for one request: cache lookup, then a shared computation on a miss, then the cache again.
+"""One image for one request: the cache tiers, then a shared computation on a miss, then the tiers again.
 
 request -> (schema) -> cache -> admission -> engine -> encoder -> cache -> response. The HTTP routes
-call `CachedImages.lookup` then `answer` (or `get`, both at once); everything blocking runs off the
-event loop.
+call `CachedImages.lookup` then `answer` (or `get`, both at once). A memory hit is answered on the
+event loop; everything blocking (the disk tier, the tokenizer, encoding) runs off it.
 """
 
 from __future__ import annotations
@@ -13,70 +13,109 @@ from dataclasses import dataclass
 
 from engines.base import ImageEngine
 from service.admission import AdmissionQueue, Deadline, InFlight
-from service.cache import ImageCache, content_key
+from service.cache import content_key
+from service.cache_entry import Entry
 from service.imaging import encode_image
 from service.metrics import ServiceMetrics
 from service.schema import ImageJob
+from service.tiers import Tiers
+
+
+@dataclass(frozen=True)
+class Hit:
+    entry: Entry
+    tier: str  # memory, disk or redis
+
 
 @dataclass(frozen=True)
 class Lookup:
     truncated: list[str]  # prompt fields longer than the text encoders read
-    cached: bytes | None
+    cached: Hit | None
 
 
 @dataclass(frozen=True)
 class ImageResult:
     data: bytes
-    cache_status: str  # HIT, MISS or SHARED (joined an identical request being computed)
+    cache_status: str  # HIT, MISS, SHARED (joined an identical request in this process) or REMOTE (made by another replica)
+    tier: str | None = None  # the tier a HIT came from
 
 
 class CachedImages:
-    """Images by content key: from the cache, else computed once for all identical requests in flight."""
+    """Images by content key: from the tiers, else computed once for all identical requests in flight
+    (in this process through InFlight, across replicas through a lease in the shared tier)."""
 
-    def __init__(
-        self, engine: ImageEngine, cache: ImageCache, admission: AdmissionQueue, metrics: ServiceMetrics
-    ) -> None:
+    def __init__(self, engine: ImageEngine, tiers: Tiers, admission: AdmissionQueue, metrics: ServiceMetrics) -> None:
         self.engine = engine
         self.metrics = metrics
-        self.cache = cache
+        self.tiers = tiers
         self.admission = admission
-        self._in_flight: InFlight[bytes] = InFlight()
+        self._in_flight: InFlight[tuple[Entry, str]] = InFlight()
 
     def key(self, job: ImageJob) -> str:
         info = self.engine.info
         return content_key(info.model_fingerprint, info.name, job.canonical())
 
     async def lookup(self, job: ImageJob, key: str) -> Lookup:
-        """What every request needs before it is answered, in one trip off the event loop: which
-        prompts the encoders will cut, and the cached image, if any."""
-        return await asyncio.to_thread(self._lookup, job, key)
+        """What every request needs before it is answered: the cached image, if any, and which
+        prompts the encoders cut (stored with the image; the tokenizer runs only on a miss)."""
+        hit = await self._find(job, key)
+        if hit is not None and hit.entry.truncated is not None:
+            return Lookup(list(hit.entry.truncated), hit)
+        return Lookup(await asyncio.to_thread(self.engine.truncated_fields, job.generation), hit)
 
-    def _lookup(self, job: ImageJob, key: str) -> Lookup:
-        return Lookup(self.engine.truncated_fields(job.generation), self.cache.get(key, job.output_format))
+    async def _find(self, job: ImageJob, key: str) -> Hit | None:
+        entry = self.tiers.get_memory(key)
+        if entry is not None:
+            return Hit(entry, "memory")
+        found = await self.tiers.get_below_memory(key, job.output_format)
+        return None if found is None else Hit(*found)
 
     async def stored(self, key: str, output_format: str) -> bytes | None:
         """An image made earlier, by its content key (GET /images/<key>.<format>); None when not (or no longer) cached."""
-        return await asyncio.to_thread(self.cache.get, key, output_format)
+        entry = self.tiers.get_memory(key)
+        if entry is None:
+            found = await self.tiers.get_below_memory(key, output_format)
+            entry = None if found is None else found[0]
+        return None if entry is None else entry.image
 
     async def get(self, job: ImageJob, key: str, deadline: float) -> ImageResult:
         """The image for `job`: from the cache, or made (or joined) now."""
-        return await self.answer(job, key, deadline, await asyncio.to_thread(self.cache.get, key, job.output_format))
+        return await self.answer(job, key, deadline, await self._find(job, key))
 
-    async def answer(self, job: ImageJob, key: str, deadline: float, cached: bytes | None) -> ImageResult:
-        """`cached` (a HIT) when the lookup found it, else the image made for this request (MISS) or
-        for an identical one already in flight (SHARED)."""
+    async def answer(self, job: ImageJob, key: str, deadline: float, cached: Hit | None) -> ImageResult:
+        """`cached` (a HIT) when the lookup found it, else the image made for this request (MISS),
+        for an identical one already in flight here (SHARED) or on another replica (REMOTE)."""
         if cached is not None:
             self.metrics.cache_result("HIT")
-            return ImageResult(cached, "HIT")
-        data, shared = await self._in_flight.run(key, lambda shared_deadline: self._make(job, key, shared_deadline), deadline)
-        result = ImageResult(data, "SHARED" if shared else "MISS")
+            return ImageResult(cached.entry.image, "HIT", cached.tier)
+        (entry, status), shared = await self._in_flight.run(
+            key, lambda shared_deadline: self._make_once(job, key, shared_deadline), deadline
+        )
+        result = ImageResult(entry.image, "SHARED" if shared else status)
         self.metrics.cache_result(result.cache_status)
         return result
 
-    async def _make(self, job: ImageJob, key: str, deadline: Deadline) -> bytes:
+    async def _make_once(self, job: ImageJob, key: str, deadline: Deadline) -> tuple[Entry, str]:
+        """Made here (MISS), unless another replica holds the lease: then its image (REMOTE)."""
+        shared = self.tiers.shared
+        if shared is None:
+            return await self._make(job, key, deadline), "MISS"
+        if await shared.try_lease(key) is False:
+            entry = await shared.wait_for(key, job.output_format)
+            if entry is not None:
+                await self.tiers.set_local(key, entry)
+                return entry, "REMOTE"
+        # Ours, or Redis cannot say (then every replica computes: slower, never stuck).
+        async with shared.holding(key):
+            return await self._make(job, key, deadline), "MISS"
+
+    async def _make(self, job: ImageJob, key: str, deadline: Deadline) -> Entry:
         pixels = await self.admission.submit(job.generation, deadline)
         started = time.perf_counter()
-        data = await asyncio.to_thread(encode_image, pixels, job.output_format, job.quality)
+        image, truncated = await asyncio.to_thread(
+            lambda: (encode_image(pixels, job.output_format, job.quality), self.engine.truncated_fields(job.generation))
+        )
         self.metrics.stage("image_encoding", time.perf_counter() - started)
-        await asyncio.to_thread(self.cache.set, key, data)  # only a finished image is ever stored
-        return data
+        entry = Entry(image, tuple(truncated))
+        await self.tiers.set(key, entry)  # only a finished image is ever stored
+        return entry

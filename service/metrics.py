@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from service.admission import AdmissionObserver
 from service.auth import current_key_id
 from service.cache import ImageCache
+from service.tiers import Tiers
 
 # nginx's code for "client closed the request": the status label of a request whose client left.
 CLIENT_CLOSED = 499
@@ -124,6 +125,10 @@ class ServiceMetrics(AdmissionObserver):
         """Export the cache's own fault counts, read at scrape time (the cache exists before the app)."""
         self.registry.register(_CacheCollector(cache))
 
+    def watch_tiers(self, tiers: Tiers) -> None:
+        """Export each cache tier's errors and whether it works now, read at scrape time."""
+        self.registry.register(_TierCollector(tiers))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -145,6 +150,24 @@ class _CacheCollector(Collector):
         for kind, count in sorted(self.cache.faults.snapshot().items()):
             faults.add_metric([kind], count)
         return [enabled, faults]
+
+
+class _TierCollector(Collector):
+    def __init__(self, tiers: Tiers) -> None:
+        self.tiers = tiers
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        errors = CounterMetricFamily("sdxl_cache_tier_errors", "Failed reads and writes by cache tier", labels=["tier"])
+        up = GaugeMetricFamily("sdxl_cache_tier_up", "1 if the cache tier works now, 0 if it is failing", labels=["tier"])
+        disk = self.tiers.disk
+        faults = disk.faults.snapshot()
+        errors.add_metric(["disk"], faults.get("read_error", 0) + faults.get("write_error", 0))
+        up.add_metric(["disk"], 1 if disk.enabled and disk.working else 0)
+        if self.tiers.shared is not None:
+            health = self.tiers.shared.health
+            errors.add_metric(["redis"], health.errors)
+            up.add_metric(["redis"], 1 if health.up else 0)
+        return [errors, up]
 
 
 def metrics_middleware(metrics: ServiceMetrics) -> Callable[..., Awaitable[web.StreamResponse]]:

@@ -151,6 +151,8 @@ async def generate_image(request: web.Request) -> web.Response:
         return web.Response(status=304, headers=headers)
     result = await within_deadline(request, images.answer(job, key, deadline, found.cached), deadline)
     headers["X-Cache"] = result.cache_status
+    if result.tier is not None:
+        headers["X-Cache-Tier"] = result.tier
     return web.Response(body=result.data, content_type=job.media_type, headers=headers)
 
 

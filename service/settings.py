@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
+from urllib.parse import urlsplit
 
 from engines.base import DEFAULT_MODEL, DEVICES, ENGINES, PRECISIONS, VAES
 
@@ -44,6 +45,9 @@ class Settings:
     port: int = 5000
     cache_dir: Path = dataclasses.field(default_factory=_default_cache_dir)
     cache_size: int = 2 * 1024**3
+    memory_cache_size: int = 256 * 1024**2
+    cache_url: str | None = None
+    cache_ttl: float = 7 * 86_400.0
     presets_dir: Path | None = None
     max_body_bytes: int = 64 * 1024
     max_image_body_bytes: int = 16 * 1024**2  # the routes that carry an input image
@@ -129,6 +133,9 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "port": (_bounded(int, 1, 65535), "port to listen on"),
     "cache_dir": (Path, "image cache directory (private to the service user)"),
     "cache_size": (lambda t: _positive_size(t), "image cache size limit, e.g. 2GB"),
+    "memory_cache_size": (lambda t: parse_size(t), "in-process tier of the hottest images, e.g. 256MB (0: off)"),
+    "cache_url": (lambda t: _redis_url(t), "shared cache tier for replicas, redis://host:port/db (default: none)"),
+    "cache_ttl": (_bounded(float, 1, 365 * 86_400), "seconds an image lives in the shared tier"),
     "presets_dir": (Path, "where the tiny preset is saved once built"),
     "max_body_bytes": (_bounded(int, 1024, 16 * 1024**2), "largest request body accepted"),
     "max_image_body_bytes": (_bounded(int, 1024, 256 * 1024**2), "largest body of the routes that carry an input image"),
@@ -157,6 +164,19 @@ def _positive_size(text: str) -> int:
     if value <= 0:
         raise ValueError("must be larger than 0")
     return value
+
+
+def _redis_url(text: str) -> str:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ValueError("must be redis://host:port/db (or rediss:// for TLS)")
+    try:
+        parts.port  # noqa: B018 (parsing it checks it)
+    except ValueError:
+        raise ValueError("the port must be a number from 0 to 65535") from None
+    if parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        raise ValueError("the database must be a number, as in redis://host:6379/0")
+    return text.strip()
 
 
 def env_name(field: str) -> str:

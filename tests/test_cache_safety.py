@@ -41,7 +41,7 @@ async def faults(client, kind: str) -> float:
 @pytest.mark.parametrize("where", ["database", "file"])
 async def test_a_planted_pickle_never_runs_and_the_request_is_served_as_a_miss(make_client, tmp_path, where):
     engine = ControlledEngine()
-    client = await make_client(engine)
+    client = await make_client(engine, memory_cache_size=0)  # the disk tier under test, not the memory above it
     first = await client.post("/generate-image", json=GOOD)
     key = first.headers["ETag"].strip('"')
     marker = tmp_path / "planted-code-ran"
@@ -60,7 +60,7 @@ async def test_a_planted_pickle_never_runs_and_the_request_is_served_as_a_miss(m
 
 async def test_a_truncated_value_file_is_a_miss_not_a_hit(make_client, tmp_path):
     engine = ControlledEngine()
-    client = await make_client(engine)
+    client = await make_client(engine, memory_cache_size=0)  # the disk tier under test, not the memory above it
     good = await (await client.post("/generate-image", json=GOOD)).read()
     with sqlite3.connect(tmp_path / "cache" / "cache.db") as db:
         (filename,) = db.execute("SELECT filename FROM Cache").fetchone()
@@ -163,7 +163,7 @@ async def test_a_corrupt_database_is_set_aside_and_the_service_starts(make_clien
     seeded.close()
     damage(directory / "cache.db")
     damaged = (directory / "cache.db").read_bytes()
-    client = await make_client(ControlledEngine())  # opens the cache at tmp_path/"cache"
+    client = await make_client(ControlledEngine(), memory_cache_size=0)  # opens the cache at tmp_path/"cache"
     assert client.app[CACHE].enabled
     (aside,) = directory.glob("cache.db.corrupt-*")
     assert aside.read_bytes() == damaged, "the damaged file is kept as it was, for a person to look at"
@@ -198,7 +198,7 @@ def read_only_directory(path: Path):
 
 async def test_a_read_only_cache_directory_is_bypassed_and_the_service_serves(make_client, tmp_path, caplog):
     with read_only_directory(tmp_path / "cache"):
-        client = await make_client(ControlledEngine())
+        client = await make_client(ControlledEngine(), memory_cache_size=0)
         assert not client.app[CACHE].enabled
         replies = [await client.post("/generate-image", json=GOOD) for _ in range(2)]
         assert [(r.status, r.headers["X-Cache"]) for r in replies] == [(200, "MISS"), (200, "MISS")]

@@ -11,6 +11,7 @@ import stat
 import threading
 
 from service.cache_disk import unframe
+from service.cache_entry import decode
 from tests.engines import ControlledEngine
 
 GOOD = {"prompt": "a cat", "seed": 1}
@@ -75,7 +76,7 @@ async def test_cache_stores_raw_image_bytes_in_a_private_directory(make_client, 
     key, mode, value, filename = rows[0]
     assert f'"{key}"' == reply.headers["ETag"]
     stored = value if value is not None else (cache_dir / filename).read_bytes()
-    assert mode in (1, 2) and unframe(stored) == png  # diskcache's MODE_RAW / MODE_BINARY: no pickle
+    assert mode in (1, 2) and decode(unframe(stored)).image == png  # diskcache's MODE_RAW / MODE_BINARY: no pickle
 
 
 class BrokenDiskCache:
@@ -92,7 +93,7 @@ class BrokenDiskCache:
 
 async def test_a_failing_cache_costs_a_miss_not_the_request(make_client, caplog):
     engine = ControlledEngine()
-    client = await make_client(engine)
+    client = await make_client(engine, memory_cache_size=0)  # the disk tier under test
     from service.state import CACHE
 
     client.app[CACHE]._cache = BrokenDiskCache()
@@ -141,7 +142,7 @@ async def test_the_engine_thread_runs_in_the_callers_context():
 
 async def test_a_corrupt_entry_is_dropped_and_the_image_made_again(make_client):
     engine = ControlledEngine()
-    client = await make_client(engine)
+    client = await make_client(engine, memory_cache_size=0)  # the disk tier under test
     from service.state import CACHE
 
     good = await (await client.post("/generate-image", json=GOOD)).read()

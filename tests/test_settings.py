@@ -36,6 +36,11 @@ def test_flag_beats_environment_beats_default():
         (["--max-queue", "0"], {}, "--max-queue='0': must be from 1"),
         (["--request-timeout", "nan"], {}, "--request-timeout='nan'"),
         (["--model", " "], {}, "--model=' ': must not be empty"),
+        (["--cache-url", "http://redis:6379"], {}, "--cache-url='http://redis:6379': must be redis://host:port/db"),
+        ([], {"SDXL_CACHE_URL": "redis://redis:port/0"}, "SDXL_CACHE_URL='redis://redis:port/0': the port must be a number"),
+        (["--cache-url", "redis://redis:6379/cache"], {}, "the database must be a number"),
+        (["--memory-cache-size", "big"], {}, "--memory-cache-size='big': must be a size"),
+        (["--cache-ttl", "0"], {}, "--cache-ttl='0': must be from 1"),
     ],
 )
 def test_bad_values_name_their_source_and_rule(argv, env, words):

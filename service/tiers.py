@@ -1,0 +1,136 @@
+"""The image cache's tiers behind one interface: memory (on the event loop) -> disk -> shared (Redis).
+
+Reads go down the tiers and fill the ones above on the way back; writes go to all. A tier that
+fails costs a miss in that tier, one log line per outage (`TierHealth`) and a metric, never a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from typing import AsyncContextManager, Protocol
+
+from service.cache import MAGIC, ImageCache
+from service.cache_entry import Entry, decode, encode
+
+logger = logging.getLogger(__name__)
+
+
+class TierHealth:
+    """Up or down, and how many errors; logs the start and the end of an outage, not each error."""
+
+    def __init__(self, tier: str) -> None:
+        self.tier = tier
+        self.up = True
+        self.errors = 0
+
+    def failed(self, exc: BaseException) -> None:
+        self.errors += 1
+        if self.up:
+            self.up = False
+            logger.error("cache tier %s is failing (%s: %s); serving without it until it recovers", self.tier, exc.__class__.__name__, exc)
+
+    def ok(self) -> None:
+        if not self.up:
+            self.up = True
+            logger.info("cache tier %s works again", self.tier)
+
+
+class SharedTier(Protocol):
+    """A tier replicas share (service/redis_tier.py), with the leases that let them compute once."""
+
+    health: TierHealth
+
+    async def get(self, key: str, output_format: str) -> Entry | None: ...
+    async def set(self, key: str, entry: Entry) -> None: ...
+    async def try_lease(self, key: str) -> bool | None: ...
+    def holding(self, key: str) -> AsyncContextManager[None]: ...
+    async def wait_for(self, key: str, output_format: str) -> Entry | None: ...
+    async def close(self) -> None: ...
+
+
+class MemoryTier:
+    """The hottest entries, least-recently-used first out, bounded in bytes. Plain dict work: no I/O,
+    so it is answered on the event loop."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[str, Entry] = OrderedDict()
+
+    def get(self, key: str) -> Entry | None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+        return entry
+
+    def set(self, key: str, entry: Entry) -> None:
+        if entry.size > self.max_bytes:
+            return  # larger than the whole tier: it would only push everything else out
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.bytes -= old.size
+        self._entries[key] = entry
+        self.bytes += entry.size
+        while self.bytes > self.max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self.bytes -= evicted.size
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class Tiers:
+    """Entries by content key through every tier this service has."""
+
+    def __init__(self, memory: MemoryTier, disk: ImageCache, shared: SharedTier | None = None) -> None:
+        self.memory = memory
+        self.disk = disk
+        self.shared = shared
+
+    def get_memory(self, key: str) -> Entry | None:
+        return self.memory.get(key)
+
+    async def get_below_memory(self, key: str, output_format: str) -> tuple[Entry, str] | None:
+        """(entry, tier) from the disk or the shared tier, filling the tiers above; None on a miss."""
+        data = await asyncio.to_thread(self.disk.get, key, output_format)
+        entry = _decoded(data)
+        if entry is not None:
+            self.memory.set(key, entry)
+            return entry, "disk"
+        if self.shared is None:
+            return None
+        entry = await self.shared.get(key, output_format)
+        if entry is None:
+            return None
+        self.memory.set(key, entry)
+        await asyncio.to_thread(self.disk.set, key, encode(entry))
+        return entry, "redis"
+
+    async def set_local(self, key: str, entry: Entry) -> None:
+        self.memory.set(key, entry)
+        await asyncio.to_thread(self.disk.set, key, encode(entry))
+
+    async def set(self, key: str, entry: Entry) -> None:
+        await self.set_local(key, entry)
+        if self.shared is not None:
+            await self.shared.set(key, entry)
+
+    async def close(self) -> None:
+        if self.shared is not None:
+            await self.shared.close()
+        await asyncio.to_thread(self.disk.close)
+
+
+def _decoded(data: bytes | None) -> Entry | None:
+    if data is None:
+        return None
+    try:
+        return decode(data)
+    except ValueError:
+        return None
+
+
+def is_image(data: bytes, output_format: str) -> bool:
+    return data.startswith(MAGIC[output_format])
