@@ -67,11 +67,13 @@ def compile_for_cpu(path: Path | Any, precision: str, cache_dir: Path | None = N
     return core.compile_model(str(path) if isinstance(path, Path) else path, "CPU", config)
 
 
-def writable_cache_dir(engine_dir: Path) -> Path | None:
-    """`engine_dir`/compiled-cache where it can be made and written (a read-only image may not let it): None otherwise."""
-    directory = engine_dir / COMPILED_CACHE
+def writable_cache_dir(engine_dir: Path, hint: str) -> Path | None:
+    """`engine_dir`/compiled-cache/`hint` where it can be made and written (a read-only image may
+    not let it): None otherwise. One folder per precision hint: with OpenVINO 2026.4 a bf16 compile
+    read an f32 compile's blob from a shared folder and computed NaN (tests/test_openvino.py)."""
+    directory = engine_dir / COMPILED_CACHE / hint
     try:
-        directory.mkdir(exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True)
         probe = directory / ".writable"
         probe.touch()
         probe.unlink()
@@ -148,7 +150,7 @@ class OpenVINOEngine(PipelineEngine):
         self.manifest.check_model(self.engine_dir, self.model, side.fingerprint, "openvino_int8" if int8 else "openvino")
         artefacts = self.manifest.openvino_artefacts(self.engine_dir, int8)
         specs = self.manifest.dims.specs()
-        cache_dir = writable_cache_dir(self.engine_dir)
+        cache_dir = writable_cache_dir(self.engine_dir, self.hint)
 
         def compiled(name: str) -> OpenVINORunner:
             path = self.engine_dir / artefacts[name][1].path
