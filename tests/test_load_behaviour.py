@@ -217,7 +217,8 @@ def test_sigterm_with_a_queue_longer_than_the_timeout_answers_503_and_exits_0_in
     the process exits 0 within the timeout plus a second or two (aiohttp's own 60 s does not apply)."""
     service = ServiceProcess(
         ["--model", "tiny", "--presets-dir", str(presets_dir), "--cache-dir", str(tmp_path / "c"),
-         "--shutdown-timeout", "1", "--precision", "fp32"]
+         "--shutdown-timeout", "1", "--precision", "fp32",
+         "--max-queue", "512"]  # each request costs 32 units (1024x1024, 4 steps, guided): all twelve must queue
     )
     try:
         service.wait_ready()
