@@ -22,6 +22,9 @@ STATIC = Path(__file__).with_name("static")
 INDEX_PAGE = (STATIC / "index.html").read_text()
 FAVICON = (STATIC / "favicon.svg").read_bytes()
 TIMEOUT_HEADER = "X-Request-Timeout"
+# Bodies up to the ordinary limit are parsed on the event loop (microseconds); larger ones carry an
+# image (megabytes of base64 in JSON) and are parsed on a thread.
+INLINE_JSON_BYTES = 64 * 1024
 T = TypeVar("T")
 
 
@@ -54,7 +57,9 @@ async def read_json(request: web.Request, deadline: float) -> object:
             raw = await request.read()  # over the size limit: aiohttp raises 413
     except TimeoutError:
         raise BodyTimeout(f"the request body did not arrive within {limit:.1f} s") from None
-    return decode_json_body(raw)
+    if len(raw) <= INLINE_JSON_BYTES:
+        return decode_json_body(raw)
+    return await asyncio.to_thread(decode_json_body, raw)
 
 
 def image_body_limit(request: web.Request) -> web.Request:

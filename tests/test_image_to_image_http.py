@@ -193,3 +193,24 @@ def test_tiny_service_makes_an_image_from_an_image(tiny_service):
     assert other_input.status == other_strength.status == 200
     assert reply.body != other_input.body and reply.body != other_strength.body
     assert generate(url, body).headers["x-cache"] == "HIT"
+
+
+async def test_a_large_json_body_is_decoded_off_the_event_loop(make_client, monkeypatch):
+    """An image body is megabytes of JSON: parsing it is blocking work; a plain prompt stays on the loop."""
+    import threading
+
+    from service import routes
+
+    decoded_on = []
+    real = routes.decode_json_body
+
+    def recording(raw: bytes):
+        decoded_on.append((len(raw) > routes.INLINE_JSON_BYTES, threading.current_thread() is threading.main_thread()))
+        return real(raw)
+
+    monkeypatch.setattr(routes, "decode_json_body", recording)
+    client = await make_client(ControlledEngine())
+    noise = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)  # incompressible: a large PNG
+    assert (await client.post("/generate-image", json={**GOOD, "image": b64(encoded(noise))})).status == 200
+    assert (await client.post("/generate-image", json={"prompt": "a cat, no image"})).status == 200
+    assert decoded_on == [(True, False), (False, True)]
