@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from importlib.metadata import PackageNotFoundError, version as package_metadata_version
+from importlib.metadata import PackageNotFoundError, version
 from typing import Awaitable, Callable
 
 from aiohttp import web
@@ -32,13 +32,15 @@ from service.tiers import Tiers
 CLIENT_CLOSED = 499
 # Every counter is present from the start, at 0, with these labels: a dashboard's rate() needs a series.
 REFUSAL_REASONS = ("queue_full", "key_share", "deadline", "draining")
-CACHE_RESULTS = ("hit", "miss", "shared")
+CACHE_RESULTS = ("hit", "miss", "shared", "remote")
 
-def package_version(name: str) -> str | None:
+
+def service_version() -> str:
+    """This package's installed version, for the info metric."""
     try:
-        return package_metadata_version(name)
+        return version("sdxl-turbo-service")
     except PackageNotFoundError:
-        return None
+        return "unknown"
 
 
 # `*_created` series double every family and no dashboard reads them.
@@ -112,8 +114,7 @@ class ServiceMetrics(AdmissionObserver):
     # --- the rest ------------------------------------------------------------------------------------
 
     def engine_ready(self, engine: str, model: str) -> None:
-        version = package_version("sdxl-turbo-service") or "unknown"
-        self.info.labels(engine, model, version).set(1)
+        self.info.labels(engine, model, service_version()).set(1)
 
     def cache_result(self, result: str) -> None:
         self.cache.labels(result.lower()).inc()

@@ -272,7 +272,7 @@ _SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
 
 
 def parse_openai_request(body: Any, limits: RequestLimits, edit: bool = False) -> list[ImageJob]:
-    """OpenAI's `prompt`, `n`, `size`, `response_format` (b64_json only), plus our own fields; an edit
+    """OpenAI's `prompt`, `n`, `size`, `response_format`, `output_format`..., plus our own fields; an edit
     (`edit`) also takes `image` and `strength`, and keeps the input's size unless `size` is given.
 
     Each of the n images is an ordinary job: image i uses seed + i, so every one is cacheable.
@@ -286,8 +286,9 @@ def parse_openai_request(body: Any, limits: RequestLimits, edit: bool = False) -
     count = _integer(body, "n", 1)
     if not 1 <= count <= limits.max_images:
         raise InvalidField(f"n must be from 1 to {limits.max_images}, got {count}", "n")
-    if not isinstance(body.get("response_format", "b64_json"), str) or body.get("response_format", "b64_json") not in RESPONSE_FORMATS:
-        raise InvalidField(f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, got {body['response_format']!r}", "response_format")
+    response_format = body.get("response_format", "b64_json")
+    if not isinstance(response_format, str) or response_format not in RESPONSE_FORMATS:
+        raise InvalidField(f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, got {response_format!r}", "response_format")
     for name in OPENAI_IGNORED:
         if name in body and not isinstance(body[name], str):
             raise InvalidField(f"{name} must be a string, got {_json_type(body[name])}", name)
