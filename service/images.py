@@ -58,29 +58,26 @@ class CachedImages:
     async def lookup(self, job: ImageJob, key: str) -> Lookup:
         """What every request needs before it is answered: the cached image, if any, and which
         prompts the encoders cut (stored with the image; the tokenizer runs only on a miss)."""
-        hit = await self._find(job, key)
+        hit = await self._find(key, job.output_format)
         if hit is not None and hit.entry.truncated is not None:
             return Lookup(list(hit.entry.truncated), hit)
         return Lookup(await asyncio.to_thread(self.engine.truncated_fields, job.generation), hit)
 
-    async def _find(self, job: ImageJob, key: str) -> Hit | None:
+    async def _find(self, key: str, output_format: str) -> Hit | None:
         entry = self.tiers.get_memory(key)
         if entry is not None:
             return Hit(entry, "memory")
-        found = await self.tiers.get_below_memory(key, job.output_format)
+        found = await self.tiers.get_below_memory(key, output_format)
         return None if found is None else Hit(*found)
 
     async def stored(self, key: str, output_format: str) -> bytes | None:
         """An image made earlier, by its content key (GET /images/<key>.<format>); None when not (or no longer) cached."""
-        entry = self.tiers.get_memory(key)
-        if entry is None:
-            found = await self.tiers.get_below_memory(key, output_format)
-            entry = None if found is None else found[0]
-        return None if entry is None else entry.image
+        hit = await self._find(key, output_format)
+        return None if hit is None else hit.entry.image
 
     async def get(self, job: ImageJob, key: str, deadline: float) -> ImageResult:
         """The image for `job`: from the cache, or made (or joined) now."""
-        return await self.answer(job, key, deadline, await self._find(job, key))
+        return await self.answer(job, key, deadline, await self._find(key, job.output_format))
 
     async def answer(self, job: ImageJob, key: str, deadline: float, cached: Hit | None) -> ImageResult:
         """`cached` (a HIT) when the lookup found it, else the image made for this request (MISS),

@@ -77,9 +77,6 @@ class MemoryTier:
             _, evicted = self._entries.popitem(last=False)
             self.bytes -= evicted.size
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
 
 class Tiers:
     """Entries by content key through every tier this service has."""
@@ -104,8 +101,7 @@ class Tiers:
         entry = await self.shared.get(key, output_format)
         if entry is None:
             return None
-        self.memory.set(key, entry)
-        await asyncio.to_thread(self.disk.set, key, encode(entry))
+        await self.set_local(key, entry)
         return entry, "redis"
 
     async def set_local(self, key: str, entry: Entry) -> None:
