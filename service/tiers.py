@@ -77,6 +77,9 @@ class MemoryTier:
             _, evicted = self._entries.popitem(last=False)
             self.bytes -= evicted.size
 
+    def __len__(self) -> int:
+        return len(self._entries)
+
 
 class Tiers:
     """Entries by content key through every tier this service has."""
