@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 
 from engines.core.files import package_version
-from engines.core.hardware import cpu_flags, cpu_has_bf16, usable_cpu_count
+from engines.core.hardware import cpu_flags, cpu_has_bf16, isa_cap, usable_cpu_count
 
 # Flags that decide how fast dense arithmetic can go; the full list is long and says little more.
 SIMD_FLAG = re.compile(r"^(sse4_2|avx|avx2|fma|f16c|avx512.*|amx.*|avx_vnni|neon|asimd.*|sve.*|bf16|i8mm)$")
@@ -71,6 +71,7 @@ def machine_facts() -> dict[str, Any]:
         "cpu_model": cpu_model(),
         "cpu_simd_flags": sorted(f for f in cpu_flags() if SIMD_FLAG.match(f)),
         "cpu_has_bf16": cpu_has_bf16(),
+        "isa_cap": isa_cap(),
         "logical_cpus": os.cpu_count(),
         "usable_cpus": usable_cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -89,11 +90,13 @@ NAME_NOISE = re.compile(r"\((r|tm)\)|\b(processor|cpu|\d+-core|with radeon graph
 
 def machine_label(facts: dict[str, Any]) -> str:
     """A short file-name-safe name ("intel-xeon-2c"): the GPU's name where there is one, else the
-    CPU's, without trade marks and filler, and its cores."""
+    CPU's, without trade marks and filler, and its cores (and the ISA cap it ran under)."""
     if facts.get("gpu"):
         name = facts["gpu"]["name"]
     else:
         name = f"{NAME_NOISE.sub(' ', facts['cpu_model'])}-{facts['usable_cpus']}c"
+        if facts.get("isa_cap"):
+            name += f"-{facts['isa_cap']}-cap"
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 

@@ -55,6 +55,11 @@ def warnings(results: dict[str, Any]) -> list[str]:
     out = []
     if results["plan"]["name"] == "quick":
         out.append("QUICK RUN: the tiny model at a small size; it measures nothing about speed, only that the suite works")
+    if results["machine"].get("isa_cap"):
+        out.append(
+            f"ISA CAPPED: this processor ran as one with {results['machine']['isa_cap']} at most "
+            f"(ONEDNN_MAX_CPU_ISA, OV_CPU_MAX_ISA, MKL_ENABLE_INSTRUCTIONS): its kernels, not its caches or memory"
+        )
     cores = results["machine"].get("usable_cpus") or 1
     loads = [results["machine"].get(k) for k in ("load_average_at_start", "load_average_at_end")]
     loads += [p.get("load_average_at_end") for p in results.get("processes", [])]
