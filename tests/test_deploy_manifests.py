@@ -17,7 +17,7 @@ import build_engines
 from engines.select import EngineRequest, select_engine
 from service.app import create_app
 from service.cache import ImageCache
-from service.settings import OPTIONS, Settings, build_parser, env_name, load_settings
+from service.settings import OPTIONS, Settings, env_name, load_settings
 from tests.dockerfile_stages import Dockerfile, exec_form, read_dockerfile
 from tests.engines import ControlledEngine
 from tests.helpers import REPO
@@ -202,9 +202,8 @@ def test_every_variable_and_flag_in_the_manifest_is_one_the_service_reads(kubern
         env = container_env(kubernetes, c)
         unknown = {name for name in env if name not in variables | HUGGING_FACE_VARIABLES}
         assert not unknown, f"{c['name']} sets variables nothing reads: {unknown}"
-    build_parser().parse_args(serve(kubernetes)["args"][1:])  # an unknown flag exits here
-    build_engines.build_parser().parse_args(build_job(kubernetes)["args"][1:])
-    settings = configured_settings(kubernetes, image_env, serve(kubernetes))  # a bad value raises SettingsError
+    build_engines.build_parser().parse_args(build_job(kubernetes)["args"][1:])  # an unknown flag exits here
+    settings = configured_settings(kubernetes, image_env, serve(kubernetes))  # likewise; a bad value raises SettingsError
     # A replica that cannot run its engines stops, rather than serving slowly behind the same Service.
     assert settings.engine == "tensorrt"
     assert container_env(kubernetes, serve(kubernetes))["HF_HUB_OFFLINE"] == "1"
