@@ -20,10 +20,13 @@ GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 # The shared cache tier's tests start a real Redis server (tests/test_redis_cache.py).
 REDIS_SERVER := $(shell command -v redis-server)
 
+# nginx for tests/test_load_balancer.py and `nginx -t` in tests/test_deploy_manifests.py (Debian puts it in /usr/sbin).
+NGINX := $(shell command -v nginx || command -v /usr/sbin/nginx)
+
 # The browser tests drive Debian's Chromium (Playwright's own browser download cannot run here).
 CHROMIUM := $(shell command -v chromium || command -v chromium-browser)
 
-.PHONY: browser redis install serve test bench bench-quick engines gpu-install driver-check gpu-check gpu-check-torch gpu-wheels clean
+.PHONY: browser redis nginx install serve test bench bench-quick engines gpu-install driver-check gpu-check gpu-check-torch gpu-wheels clean
 
 # ---- the CPU environment ----------------------------------------------------------------------
 
@@ -74,6 +77,13 @@ ifeq ($(REDIS_SERVER),)
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server
 endif
 
+# nginx for the load-balancer tests, from the system's packages (root, as in CI), when it is missing.
+# The tests run their own nginx from a temporary directory on a free port, never the system's configuration.
+nginx:
+ifeq ($(NGINX),)
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx
+endif
+
 ifeq ($(GPU),1)
 # TensorRT engines for this GPU, built once (minutes; build_engines.py logs its progress, and does
 # nothing when the manifest in ENGINE_DIR already matches this GPU, TensorRT and model).
@@ -85,7 +95,7 @@ endif
 	SDXL_MODEL=$(MODEL) SDXL_ENGINE=$(ENGINE) SDXL_ENGINE_DIR=$(ENGINE_DIR) SDXL_HOST=$(HOST) SDXL_PORT=$(PORT) $(PY_GPU) -m service
 
 # The CPU suite, then the gpu tier in the GPU environment.
-test: install gpu-install browser redis
+test: install gpu-install browser redis nginx
 	$(PY) -m pytest $(PYTEST_ARGS)
 	$(PY_GPU) -m pytest -m gpu $(PYTEST_ARGS)
 
@@ -95,7 +105,7 @@ else
 serve: install
 	SDXL_MODEL=$(MODEL) SDXL_ENGINE=$(ENGINE) SDXL_HOST=$(HOST) SDXL_PORT=$(PORT) $(PY) -m service
 
-test: install browser redis
+test: install browser redis nginx
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 engines: install

@@ -64,6 +64,17 @@ def generate(base_url: str, payload: dict[str, Any], headers: dict[str, str] | N
     return request(base_url, "POST", "/generate-image", json_body=payload, headers=headers)
 
 
+def replica_args(presets_dir: Path, cache_dir: Path, cache_url: str, *extra: str) -> list[str]:
+    """A tiny-model replica with its own disk tier, sharing the Redis at `cache_url` with its peers."""
+    return ["--model", "tiny", "--precision", "fp32", "--presets-dir", str(presets_dir), "--cache-dir", str(cache_dir),
+            "--cache-url", cache_url, *extra]
+
+
+def engine_calls(service: ServiceProcess) -> float:
+    """How many batches the service's engine has run, from its /metrics."""
+    return metric(request(service.base_url, "GET", "/metrics").body.decode(), "sdxl_batch_size_count")
+
+
 def run_build_engines(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """`python build_engines.py ARGS` as a user would run it; output captured as text."""
     return subprocess.run(

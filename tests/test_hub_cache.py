@@ -63,6 +63,7 @@ def test_the_cache_is_what_huggingface_hub_itself_reads(hf_home: Path) -> None:
 
 def test_the_service_serves_a_hub_download_offline(hf_home: Path, tmp_path: Path) -> None:
     args = ["--model", REPO_ID, "--precision", "fp32", "--cache-dir", str(tmp_path / "images"), "--log-format", "text"]
+    before = cache_state(hf_home)
     with running_service(args, env=offline_env(hf_home)) as service:
         ready = request(service.base_url, "GET", "/readyz").json()
         assert ready["model"] == f"hf:{REPO_ID}@{COMMIT}"  # the fingerprint is the commit, not "main"
@@ -71,6 +72,13 @@ def test_the_service_serves_a_hub_download_offline(hf_home: Path, tmp_path: Path
         log = service.log()
     assert "loading unet: diffusion_pytorch_model.fp16.safetensors, fp16 files" in log
     assert f"at commit {COMMIT[:12]} in the Hugging Face cache" in log
+    # Nothing written to the cache: deploy/ mounts it read-only into the replicas.
+    assert cache_state(hf_home) == before
+
+
+def cache_state(hf_home: Path) -> dict[str, int]:
+    """Every path under $HF_HOME and its modification time."""
+    return {str(path): path.lstat().st_mtime_ns for path in hf_home.rglob("*")}
 
 
 def _in_process_offline(monkeypatch: pytest.MonkeyPatch, hf_home: Path) -> None:

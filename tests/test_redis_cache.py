@@ -4,59 +4,21 @@ processes sharing it. Plus the memory tier's own promises, in process."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Iterator
 
 import pytest
-import redis
 
 from service.cache_entry import Entry
 from service.redis_tier import LEASE_MS
 from service.tiers import MemoryTier
 from tests.engines import ControlledEngine
-from tests.helpers import ServiceProcess, free_port, generate, metric, request, running_service
+from tests.helpers import ServiceProcess, engine_calls, generate, metric, replica_args, request, running_service
+from tests.redis_server import REDIS_SERVER, RedisServer
 
-REDIS_SERVER = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed (make test installs it)")
-
-
-class RedisServer:
-    """redis-server on a loopback port with a temporary directory, nothing persisted; restartable on the same port."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.directory = directory
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-             "--save", "", "--appendonly", "no", "--maxmemory-policy", "allkeys-lru"],
-            stdout=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port)
-        for _ in range(100):
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise TimeoutError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
-            self.process = None
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port)
 
 
 @pytest.fixture(scope="module")
@@ -67,20 +29,11 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
-def service_args(presets_dir: Path, cache_dir: Path, redis_url: str, *extra: str) -> list[str]:
-    return ["--model", "tiny", "--precision", "fp32", "--presets-dir", str(presets_dir), "--cache-dir", str(cache_dir),
-            "--cache-url", redis_url, *extra]
-
-
 @pytest.fixture(scope="module")
 def replicas(redis_server, presets_dir, tmp_path_factory) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
-    with running_service(service_args(presets_dir, tmp_path_factory.mktemp("a"), redis_server.url)) as a, \
-         running_service(service_args(presets_dir, tmp_path_factory.mktemp("b"), redis_server.url)) as b:
+    with running_service(replica_args(presets_dir, tmp_path_factory.mktemp("a"), redis_server.url)) as a, \
+         running_service(replica_args(presets_dir, tmp_path_factory.mktemp("b"), redis_server.url)) as b:
         yield a, b
-
-
-def engine_calls(service: ServiceProcess) -> float:
-    return metric(request(service.base_url, "GET", "/metrics").body.decode(), "sdxl_batch_size_count")
 
 
 def test_a_miss_on_one_replica_is_a_hit_on_the_other(replicas):
@@ -137,7 +90,7 @@ def test_a_lease_whose_owner_is_killed_expires_and_another_replica_answers(redis
     _, b = replicas
     payload = {"prompt": "an owner that dies", "seed": 5}
     # A long batch window keeps A's request waiting, lease held, long enough to kill it.
-    owner = ServiceProcess(service_args(presets_dir, tmp_path / "owner", redis_server.url, "--max-batch", "8", "--batch-window-ms", "10000"))
+    owner = ServiceProcess(replica_args(presets_dir, tmp_path / "owner", redis_server.url, "--max-batch", "8", "--batch-window-ms", "10000"))
     try:
         owner.wait_ready()
         threading.Thread(target=lambda: _ignore_errors(lambda: generate(owner.base_url, payload)), daemon=True).start()
