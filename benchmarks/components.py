@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from benchmarks.engine_runners import HOOKS, ComponentFiles, build_files, made_files
+from benchmarks.engine_runners import HOOKS, CompiledBackend, ComponentFiles, build_files, made_files
 from benchmarks.machine import nominal_peak, synchronizer
 from benchmarks.memory_fit import available_bytes, give_back, shortfall
 from benchmarks.peak import copy_bandwidth, probe, summarize_peak
@@ -206,6 +206,16 @@ class ComponentTimer:
         logger.info("%s %s %s: %.3f s (median)", component, backend, precision, stats.median)
 
 
+def compiled_hook(backend: str, precision: str) -> CompiledBackend:
+    """The hook that times `backend` in `precision`; BackendSkipped, saying why, where there is none."""
+    hook = HOOKS.get(backend)
+    if hook is None:
+        raise BackendSkipped(f"benchmarks.engine_runners has no hook for {backend} yet")
+    if precision not in hook.load_bytes_per_weight:  # ONNX Runtime on CUDA: the hook runs the CPU's fp32 graphs
+        raise BackendSkipped(f"benchmarks.engine_runners times it in {', '.join(hook.load_bytes_per_weight)} only, not {precision}")
+    return hook
+
+
 def release(*modules: torch.nn.Module | None) -> None:
     """Free modules' weights in place, whoever still refers to them (the components, the pipeline's
     runners): their tensors move to the meta device, which holds no memory."""
@@ -296,8 +306,7 @@ class ComponentsSection:
 
     def _files(self, backend: Backend) -> ComponentFiles:
         """The build's files where --engine-dir holds them for this model, else made here."""
-        if backend.name not in HOOKS:
-            raise BackendSkipped(f"benchmarks.engine_runners has no hook for {backend.name} yet")
+        compiled_hook(backend.name, self.precision)
         loaded = self.loaded
         if loaded.engine_dir is not None:
             try:

@@ -65,12 +65,10 @@ def _openvino_runner(path: Path, spec: ComponentSpec, precision: str) -> Runner:
 
 
 def _onnxruntime_runner(path: Path, spec: ComponentSpec, precision: str) -> Runner:
-    """As OnnxRuntimeEngine builds it on the CPU: the float32 graph, every core, item by item."""
+    """As OnnxRuntimeEngine builds it on the CPU: the float32 graph (its only precision), every core, item by item."""
     from engines.backends.onnxruntime_engine import OnnxRuntimeRunner, onnxruntime_session
     from engines.core.hardware import usable_cpu_count
 
-    if precision != "fp32":
-        raise ValueError(f"precision: the ONNX Runtime CPU graphs are fp32, got {precision!r}")
     return OnnxRuntimeRunner(onnxruntime_session(path, threads=usable_cpu_count()), spec, torch.device("cpu"), split_batch=True)
 
 

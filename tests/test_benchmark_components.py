@@ -13,7 +13,7 @@ import torch
 
 from benchmarks import components as components_module
 from benchmarks import engine_runners
-from benchmarks.components import ComponentsSection, LoadedModel
+from benchmarks.components import BackendSkipped, ComponentsSection, LoadedModel, compiled_hook
 from benchmarks.engine_runners import HOOKS
 from benchmarks.memory_fit import HEADROOM_BYTES, available_bytes, shortfall
 from benchmarks.plan import QUICK
@@ -47,6 +47,14 @@ def test_making_a_file_counts_the_cast_to_float32_and_the_makers_copy() -> None:
     assert HOOKS["onnxruntime"].make_bytes(bf16) == 1000 * 2 + 12_500
     assert HOOKS["onnxruntime"].make_bytes(fp32) == 12_500
     assert HOOKS["openvino"].make_bytes(fp32) == 3_800
+
+
+def test_a_backend_without_a_hook_for_the_precision_is_skipped_not_failed() -> None:
+    assert compiled_hook("openvino", "bf16") is HOOKS["openvino"]
+    with pytest.raises(BackendSkipped, match="times it in fp32 only, not fp16"):
+        compiled_hook("onnxruntime", "fp16")  # a GPU run: the hook runs the CPU's fp32 graphs
+    with pytest.raises(BackendSkipped, match="no hook for tensorrt"):
+        compiled_hook("tensorrt", "fp16")
 
 
 def test_available_memory_is_read_from_meminfo(tmp_path: Path) -> None:
