@@ -1,10 +1,14 @@
 """How much to measure: repeat counts and sweeps, chosen per mode so a run fits its time budget.
 
 `QUICK` runs every section on the tiny model in well under a minute (a test runs it). `CPU_FULL`
-fits the full SDXL architecture on a 2-core CPU into about 15 minutes: few repeats, the miss sweep
-cut to concurrency 1 and 2 (the CPU engine makes one image at a time, so latency at concurrency c
-is about c times that at 1 and throughput stays flat), and the scale table cut to 512 and 768
-pixels. `GPU_FULL` measures everything.
+fits the full SDXL architecture on a 2-core CPU into 30 minutes, `make bench`'s tiny-VAE run
+included, on the slowest processor here (AVX2 only, everything in fp32): few repeats, the miss
+sweep cut to concurrency 1 and 2 (the CPU engine makes one image at a time, so latency at
+concurrency c is about c times that at 1 and throughput stays flat), and the scale table cut to
+512 and 768 pixels, one run per cell. Estimated from earlier runs' figures (an estimate, not yet a
+measured run): on that processor the suite takes about 21 minutes (scale 4, compiled components 5,
+torch components 3, the service over HTTP 5, baseline 2) and the tiny-VAE run 3; two scale runs per
+cell would add 4. With AVX-512 BF16 about 18 minutes in all. `GPU_FULL` measures everything.
 """
 
 from __future__ import annotations
@@ -82,13 +86,14 @@ CPU_FULL = Plan(
     hit_requests=100,
     scale_sizes=(512, 768),
     scale_skipped_sizes=(1024,),
-    scale_repeats=2,
+    scale_repeats=1,
     scale_warm_new_sizes=False,
     notes=(
         "cache misses at concurrency 1 and 2 only: the CPU engine makes one image at a time, so latency "
         "at concurrency c is about c times that at 1 and throughput stays flat (4 and 8 would add ~6 minutes)",
-        "scale: two runs per cell; 768x768 gets no warm-up run (on this CPU a first decode at a new size "
-        "cost the same as the next), so a first-call cost there would show as its max; 1024x1024 is left "
+        "scale: one run per cell (a second adds about 4 minutes on an AVX2-only processor, past the 30 the "
+        "whole run may take); 768x768 gets no warm-up run (on an AVX-512 CPU a first decode at a new size "
+        "cost the same as the next), so a first-call cost there would be in its figure; 1024x1024 is left "
         "out (about 4 minutes of its own)",
     ),
 )

@@ -167,7 +167,7 @@ def _peak(results: dict[str, Any]) -> list[str]:
 def _components(results: dict[str, Any]) -> list[str]:
     rows = [
         [
-            r["component"], r["backend"], r["precision"], fmt_stats(r["seconds"]),
+            r["component"], r["backend"], r["precision"], r["runner"], fmt_stats(r["seconds"]),
             f"{r['flops'] / 1e9:.4g}" if r.get("flops") else "–",
             f"{r['gflops']:.3g}" if "gflops" in r else "–",
             fmt_pct(r.get("fraction_of_peak")) + (" (peak wrong)" if r.get("fraction_of_peak", 0) > 1 else ""),
@@ -180,11 +180,17 @@ def _components(results: dict[str, Any]) -> list[str]:
     if not rows:
         return []
     size = results["plan"]["size"]
-    header = ["component", "backend", "precision", "time", "GFLOP", "GFLOP/s (median)", "of peak", "bytes moved",
+    header = ["component", "backend", "precision", "runner", "time", "GFLOP", "GFLOP/s (median)", "of peak", "bytes moved",
               "floor: compute / memory", "time / floor"]
     intro = ("Floors: the FLOPs at the peak above, and the bytes (weights read once, every layer's output written and "
              "read once) at the measured bandwidth; a component cannot beat the larger of the two.")
-    return [f"## Components ({size}x{size}, batch 1)", "", intro, ""] + table(header, rows)
+    files = [  # a build's file by path and key; a file made in this run lived in a temporary directory
+        f"- {r['component']} on {r['backend']} {r['precision']}: "
+        + (f"`{r['files']['path']}` (manifest key {r['files']['key'].removeprefix('sha256:')[:12]}), " if r["files"]["key"] else "")
+        + r["files"]["source"]
+        for r in results["components"] if r.get("files")
+    ]
+    return [f"## Components ({size}x{size}, batch 1)", "", intro, ""] + table(header, rows) + files + ([""] if files else [])
 
 
 def _baseline(results: dict[str, Any]) -> list[str]:

@@ -112,6 +112,7 @@ def _run_model_sections(options: Options, results: dict[str, Any], service_preci
                 device=options.device,
                 plan=options.plan,
                 work_dir=Path(work_dir),
+                engine_dir=options.engine_dir,
                 presets_dir=options.presets_dir,
                 backends=backends,
                 known={k: dict(v) for k, v in known.items()},
@@ -137,6 +138,8 @@ def _run_model_sections(options: Options, results: dict[str, Any], service_preci
             if "components" in outcome:
                 results["components"] += outcome["components"]["rows"]
                 results["notes"] += outcome["components"]["notes"]
+                for what, message in outcome["components"]["errors"].items():
+                    results["errors"][f"components {what}"] = message
                 for name, peak in outcome["components"]["peak"].items():
                     results["peak"].setdefault(name, {**peak, "measured_in": f"the {precision} process"})
                 for kind in known:

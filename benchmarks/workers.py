@@ -1,7 +1,8 @@
 """The work of one precision's process: load the model once, then run the sections that need it.
 
 The baseline runs first, on the freshly loaded modules (our runners move nothing on the CPU, but on
-CUDA they move the VAE); then the components; then the scale table, on the same PyTorch pipeline.
+CUDA they move the VAE); then the PyTorch components; then the scale table, on the same PyTorch
+pipeline; then the compiled components, which release the torch weights before they load their own.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
 from benchmarks.baseline import measure_baseline
-from benchmarks.components import LoadedModel, measure_components
+from benchmarks.components import ComponentsSection, LoadedModel
 from benchmarks.isolation import own_peak_rss_bytes
 from benchmarks.machine import load_average
 from benchmarks.plan import Plan
@@ -38,6 +39,7 @@ class PrecisionJob:
     device: str
     plan: Plan
     work_dir: Path
+    engine_dir: Path | None = None  # a build whose files the compiled components are timed on
     presets_dir: Path | None = None
     backends: dict[str, list[str]] = field(default_factory=dict)
     known: dict[str, dict[str, Any]] = field(default_factory=dict)  # FLOP and byte counts of earlier processes
@@ -67,23 +69,28 @@ def run_precision_job(job: PrecisionJob) -> dict[str, Any]:
     }
     logger.info("loaded %s in %s in %.1f s", job.model, numerics.name(), result["load_seconds"])
 
-    def section(name: str, run: Callable[[], Any]) -> None:
+    def section(name: str, run: Callable[[], Any]) -> Any:
+        """run()'s value, or None with the failure recorded: one failing section must not cost the others."""
         try:
-            result[name] = run()
-        except Exception as exc:  # one failing section must not cost the others
+            return run()
+        except Exception as exc:
             logger.exception("section %s failed", name)
             result["errors"][name] = f"{exc.__class__.__name__}: {exc}\n{traceback.format_exc(limit=5)}"
+            return None
 
     if job.baseline:
-        section("baseline", lambda: measure_baseline(components, numerics.device, job.plan))
+        result["baseline"] = section("baseline", lambda: measure_baseline(components, numerics.device, job.plan))
     pipeline = build_torch_pipeline(components, numerics)
-    loaded = LoadedModel(components, numerics, pipeline, job.work_dir)
+    loaded = LoadedModel(job.model, components, numerics, pipeline, job.work_dir, job.engine_dir)
     warm_sizes: set[int] = set()
+    timed: ComponentsSection | None = None
     if job.components:
-        section("components", lambda: measure_components(loaded, job.backends, job.plan, job.known, job.encode_images))
+        timed = section("components", lambda: ComponentsSection(loaded, job.backends, job.plan, job.known, job.encode_images).time_torch())
         warm_sizes.add(job.plan.size)
     if job.scale:
-        section("scale", lambda: measure_scale(pipeline, job.plan, warm_sizes))
+        result["scale"] = section("scale", lambda: measure_scale(pipeline, job.plan, warm_sizes))
+    if timed is not None:
+        result["components"] = section("components", timed.finish)
     result["peak_rss_bytes"] = own_peak_rss_bytes()
     result["load_average_at_end"] = load_average()
-    return result
+    return {name: value for name, value in result.items() if value is not None}

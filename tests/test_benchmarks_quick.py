@@ -58,9 +58,11 @@ def test_quick_json_has_every_section(quick_run: dict[str, Path]) -> None:
 
     rows = {(r["component"], r["backend"]): r for r in results["components"]}
     assert {"text_encoders", "unet_step", "vae_decode", "png_encode"} <= {c for c, _ in rows}
-    for component in ("unet_step", "vae_decode"):
+    runners = {"openvino": ("OpenVINORunner",) * 2, "onnxruntime": ("OnnxRuntimeRunner",) * 2, "torch": ("TorchUNet", "TorchVAEDecoder")}
+    for i, component in enumerate(("unet_step", "vae_decode")):
         for backend in ("torch", "openvino", "onnxruntime"):  # every backend present, none skipped
             row = rows[(component, backend)]
+            assert row["runner"] == runners[backend][i]  # the class its engine serves with
             assert row["flops"] > 0 and row["seconds"]["min"] <= row["seconds"]["median"] <= row["seconds"]["max"]
             assert row["seconds"]["n"] == results["plan"]["component_repeats"]
             assert row["bytes"] > 0 and row["bandwidth_bytes_per_second"] > 0
