@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from benchmarks.summary import component_rates
+from benchmarks.summary import component_rates, in_process_engine
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
@@ -32,7 +32,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
 def _time_per_image(ax: Any, results: dict[str, Any]) -> None:
     summary = results["summary"]
     engine = summary.get("service_engine", "the service")
-    labels = {"baseline_s": "baseline\n(diffusers)", "ours_in_process_s": "ours in process\n(torch)",
+    labels = {"baseline_s": "baseline\n(diffusers)", "ours_in_process_s": f"ours in process\n({in_process_engine(results)})",
               "ours_http_s": f"ours over HTTP\n({engine})"}
     _bars(ax, [(label, summary[key]) for key, label in labels.items() if key in summary],
           "seconds per image (lower is better)", "Time per image (1 step)")
