@@ -31,6 +31,9 @@ class Plan:
     # Baseline: a plain diffusers pipeline, one request per call.
     baseline_warmup: int = 1
     baseline_repeats: int = 2
+    # Peers (benchmarks/peers.py): one untimed image (the weight check's) per peer, then these.
+    peer_warmup: int = 1
+    peer_repeats: int = 3
     # HTTP: cache misses per concurrency level: `miss_requests_per_client * concurrency`, at least `miss_min_requests`.
     miss_concurrency: tuple[int, ...] = (1, 2, 4, 8)
     miss_requests_per_client: int = 2
@@ -69,6 +72,7 @@ QUICK = Plan(
     hit_warmup_requests=10,
     scale_sizes=(256, 384),
     scale_repeats=2,
+    peer_repeats=2,
     notes=("quick: the tiny model at 256x256 in fp32, whose figures say nothing about speed; it keeps the suite from rotting",),
 )
 
