@@ -113,17 +113,16 @@ def prepare_inputs(job: PeerJob, section: dict[str, Any]) -> Path:
     """Our checkpoint and reference outputs, then the export: made unless current. Returns their directory."""
     if not job.python.is_file():
         raise PeerUnavailable(f"no peer environment: {job.python} is missing (`make peers-install` creates it)")
-    fingerprint = model_fingerprint(job.model)
-    directory = job.peers_dir / re.sub(r"[^A-Za-z0-9._-]+", "-", job.model).strip("-")
+    reference = reference_job(job)
+    directory = reference.directory
     directory.mkdir(parents=True, exist_ok=True)
-    reference = ReferenceJob(job.model, fingerprint, job.size, directory, job.presets_dir, job.log_level)
     if not reference_is_current(reference):
         logger.info("peers: our checkpoint and reference outputs for %s at %d px", job.model, job.size)
         try:
             run_isolated(prepare_reference, reference)
         except Exception as exc:
             raise PeerUnavailable(f"our checkpoint could not be saved for the peers: {exc.__class__.__name__}: {exc}") from exc
-    stamp = {"fingerprint": fingerprint, "constraints": hashlib.sha256(CONSTRAINTS.read_bytes()).hexdigest()}
+    stamp = {"fingerprint": reference.fingerprint, "constraints": hashlib.sha256(CONSTRAINTS.read_bytes()).hexdigest()}
     exported = directory / "openvino"
     made = read_json(exported / EXPORT_STAMP)
     if not made or made.get("stamp") != stamp:
@@ -133,6 +132,12 @@ def prepare_inputs(job: PeerJob, section: dict[str, Any]) -> Path:
         (exported / EXPORT_STAMP).write_text(json.dumps(made, indent=2))
     section["export_seconds"], section["libraries"] = made["seconds"], made["libraries"]
     return directory
+
+
+def reference_job(job: PeerJob) -> ReferenceJob:
+    """Where the model's checkpoint, reference outputs and export live: a folder of --peers-dir per model."""
+    folder = re.sub(r"[^A-Za-z0-9._-]+", "-", job.model).strip("-")
+    return ReferenceJob(job.model, model_fingerprint(job.model), job.size, job.peers_dir / folder, job.presets_dir, job.log_level)
 
 
 def measure_peer(job: PeerJob, directory: Path, ours: Mapping[str, np.ndarray], row: dict[str, Any]) -> None:
