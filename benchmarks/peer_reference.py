@@ -86,15 +86,16 @@ def write_checkpoint(components: SDXLComponents, directory: Path) -> None:
     transformers 5.5 looks only for the prefixed names and, finding none, silently starts that encoder
     from random weights. Every key of both text encoders gets the prefix (the projection of the second
     keeps its own name), which is the layout both versions read."""
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     save_pipeline(components, directory)
     for folder in ("text_encoder", "text_encoder_2"):
         for path in sorted((directory / folder).glob("*.safetensors")):
-            tensors = load_file(path)
-            renamed = {_clip_key(key): tensor for key, tensor in tensors.items()}
-            if renamed.keys() != tensors.keys():
-                save_file(renamed, path, metadata={"format": "pt"})
+            with safe_open(path, "pt") as stored:
+                if all(_clip_key(key) == key for key in stored.keys()):
+                    continue  # already so (the second encoder): not read
+            save_file({_clip_key(key): tensor for key, tensor in load_file(path).items()}, path, metadata={"format": "pt"})
         index = directory / folder / "model.safetensors.index.json"
         if index.is_file():
             content = json.loads(index.read_text())

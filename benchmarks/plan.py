@@ -1,7 +1,8 @@
 """How much to measure: repeat counts and sweeps, chosen per mode so a run fits its time budget.
 
-`QUICK` runs every section on the tiny model in well under a minute (a test runs it). `CPU_FULL`
-fits the full SDXL architecture on a 2-core CPU into about 15 minutes: few repeats, the miss sweep
+`QUICK` runs every section on the tiny model in a few minutes, most of them the peers' export and
+processes (a test runs it). `CPU_FULL` fits the full SDXL architecture on a 2-core CPU into about
+15 minutes, the peers aside: few repeats, the miss sweep
 cut to concurrency 1 and 2 (the CPU engine makes one image at a time, so latency at concurrency c
 is about c times that at 1 and throughput stays flat), and the scale table cut to 512 and 768
 pixels. `GPU_FULL` measures everything.

@@ -1,4 +1,5 @@
-"""One run of the suite: the machine's peak, then one process per precision, then the service over HTTP.
+"""One run of the suite: the machine's peak, then one process per precision, then the service over HTTP,
+then the peers (one process each, benchmarks/peers.py).
 
 Memory rule: at most one model is in memory at a time. Each precision's model is loaded in its own
 spawned process (components, baseline and scale share it), and the service, a process of its own,
