@@ -94,11 +94,11 @@ def _summary_rows(results: dict[str, Any]) -> list[list[str]]:
         rows.append([label, fmt_s(summary["ours_http_s"])])
     if "ours_in_process_s" in summary:
         rows.append(["our time per image in process (the same loop on torch, no HTTP)", fmt_s(summary["ours_in_process_s"])])
-    if "baseline_s" in summary:
-        rows.append([f"{results['baseline']['name']}, {results['baseline']['precision']}, per image", fmt_s(summary["baseline_s"])])
     if "peer_s" in summary:
         rows.append([f"fastest peer: {summary['peer_name']}, per image", fmt_s(summary["peer_s"])])
-    for versus, words in (("baseline", "the baseline"), ("peer", "the fastest peer")):
+    if "baseline_s" in summary:
+        rows.append([f"{results['baseline']['name']}, {results['baseline']['precision']}, per image", fmt_s(summary["baseline_s"])])
+    for versus, words in (("peer", "the fastest peer"), ("baseline", "the baseline")):
         for ours, label in (("ours_http", "ours over HTTP"), ("ours_in_process", "ours in process")):
             if f"{ours}_over_{versus}" in summary:
                 ratio = summary[f"{ours}_over_{versus}"]

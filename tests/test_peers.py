@@ -63,7 +63,7 @@ def test_the_checkpoint_is_written_in_the_layout_the_peers_read(tmp_path: Path) 
         assert all(key.startswith((CLIP_PREFIX, "text_projection.")) for key in written)
     written = clip_keys(tmp_path / "peers", "text_encoder")
     assert set(written) == {CLIP_PREFIX + key for key in plain}
-    assert all(torch.equal(written[CLIP_PREFIX + key], tensor) for key, tensor in plain.items())
+    assert all(torch.equal(written[CLIP_PREFIX + key], tensor.half()) for key, tensor in plain.items())  # float16, as exported
 
 
 def test_check_weights_passes_small_differences_and_names_what_differs() -> None:
