@@ -50,7 +50,8 @@ def export(checkpoint: Path, out: Path) -> dict[str, Any]:
     from optimum.intel import OVConfig
 
     started = time.perf_counter()
-    main_export(str(checkpoint), output=out / "fp16", task="text-to-image", ov_config=OVConfig(dtype="fp16"), convert_tokenizer=True)
+    main_export(str(checkpoint), output=out / "fp16", task="text-to-image", ov_config=OVConfig(dtype="fp16"),
+                convert_tokenizer=True)
     seconds = {"fp16": time.perf_counter() - started}
     started = time.perf_counter()
     shutil.copytree(out / "fp16", out / "int8", copy_function=os.link)  # hard links: no second copy of the weights
@@ -123,9 +124,11 @@ def optimum_intel(model_dir: Path, size: int, reference: dict[str, np.ndarray]) 
     pipe.set_progress_bar_config(disable=True)
     load_seconds = time.perf_counter() - started
 
-    prompt_embeds, _, pooled, _ = pipe.encode_prompt(str(reference["prompt"]), num_images_per_prompt=1, do_classifier_free_guidance=False)
+    prompt = str(reference["prompt"])
+    prompt_embeds, _, pooled, _ = pipe.encode_prompt(prompt, num_images_per_prompt=1, do_classifier_free_guidance=False)
     unet_output = pipe.unet(**unet_inputs(reference))[0]
-    checked = {"prompt_embeds": np.asarray(prompt_embeds), "pooled_prompt_embeds": np.asarray(pooled), "unet_output": np.asarray(unet_output)}
+    checked = {"prompt_embeds": np.asarray(prompt_embeds), "pooled_prompt_embeds": np.asarray(pooled),
+               "unet_output": np.asarray(unet_output)}
 
     def image(prompt: str, seed: int) -> np.ndarray:
         result = pipe(prompt, num_inference_steps=1, guidance_scale=0.0, width=size, height=size,

@@ -59,7 +59,8 @@ class ReferenceJob:
 
 def reference_is_current(job: ReferenceJob) -> bool:
     """Both files were made from this model (and, for the reference, at this size): nothing to do."""
-    return read_json(job.checkpoint / CHECKPOINT_STAMP) == {"fingerprint": job.fingerprint} and read_json(job.directory / REFERENCE_STAMP) == job.stamp
+    checkpoint = read_json(job.checkpoint / CHECKPOINT_STAMP) == {"fingerprint": job.fingerprint}
+    return checkpoint and read_json(job.directory / REFERENCE_STAMP) == job.stamp
 
 
 def prepare_reference(job: ReferenceJob) -> dict[str, Any]:

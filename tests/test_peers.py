@@ -102,7 +102,8 @@ def test_a_peer_on_other_text_encoder_weights_fails_the_check_and_the_report_say
     prepare_reference(reference)
     weights = reference.checkpoint / "text_encoder" / "model.safetensors"
     generator = torch.Generator().manual_seed(1)
-    perturbed = {key: tensor + tensor.std() * torch.randn(tensor.shape, generator=generator) for key, tensor in load_file(weights).items()}
+    perturbed = {key: tensor + tensor.float().std() * torch.randn(tensor.shape, generator=generator).to(tensor.dtype)
+                 for key, tensor in load_file(weights).items()}
     save_file(perturbed, weights, metadata={"format": "pt"})
 
     section: dict = {}
