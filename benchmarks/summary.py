@@ -73,7 +73,18 @@ def warnings(results: dict[str, Any]) -> list[str]:
                 f"components and {peak['gflops_after']:.0f} after ({peak['drift']:.0%} apart): figures from this run do not compare"
             )
     out += [f"PEAK IS WRONG: {reason}" for reason in peak_is_wrong(results)]
+    out += [f"PEER NOT MEASURED: {row['name']}: {row['not_measured']}" for row in peer_rows(results) if "not_measured" in row]
     return out
+
+
+def peer_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    return results.get("peers", {}).get("rows", [])
+
+
+def fastest_peer(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The measured peer with the lowest median time per image; None when none was measured."""
+    measured = [row for row in peer_rows(results) if "seconds" in row]
+    return min(measured, key=lambda row: row["seconds"]["median"], default=None)
 
 
 def service_backend(results: dict[str, Any]) -> str | None:
@@ -99,9 +110,13 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     one_step = [r for r in results.get("scale", {}).get("rows", []) if r["steps"] == 1 and r["size"] == size]
     if one_step:
         summary["ours_in_process_s"] = one_step[0]["seconds"]["median"]
-    for ours, ratio in (("ours_http_s", "ours_http_over_baseline"), ("ours_in_process_s", "ours_in_process_over_baseline")):
-        if ours in summary and "baseline_s" in summary:
-            summary[ratio] = summary[ours] / summary["baseline_s"]
+    peer = fastest_peer(results)
+    if peer:
+        summary["peer_s"], summary["peer_name"] = peer["seconds"]["median"], peer["name"]
+    for versus in ("baseline", "peer"):
+        for ours in ("ours_http", "ours_in_process"):
+            if f"{ours}_s" in summary and f"{versus}_s" in summary:
+                summary[f"{ours}_over_{versus}"] = summary[f"{ours}_s"] / summary[f"{versus}_s"]
     service_precision = results.get("service_precision")
     headline = {"unet_step": "unet", "vae_decode": "vae"}
     served = service_backend(results)
