@@ -26,7 +26,7 @@ NGINX := $(shell command -v nginx || command -v /usr/sbin/nginx)
 # The browser tests drive Debian's Chromium (Playwright's own browser download cannot run here).
 CHROMIUM := $(shell command -v chromium || command -v chromium-browser)
 
-.PHONY: browser redis nginx install serve test bench bench-quick engines gpu-install driver-check gpu-check gpu-check-torch gpu-wheels clean
+.PHONY: browser redis nginx install peers-install serve test bench bench-quick engines gpu-install driver-check gpu-check gpu-check-torch gpu-wheels clean
 
 # ---- the CPU environment ----------------------------------------------------------------------
 
@@ -39,6 +39,25 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	touch $@
 
 install: $(STAMP)
+
+# ---- the peers' environment -------------------------------------------------------------------
+# What the benchmark times beside us (benchmarks/peers.py): OpenVINO GenAI and optimum-intel, pinned
+# by constraints/peers.txt. Its own environment: optimum-intel needs an older transformers than ours.
+# optimum-intel requires torchvision, whose Linux wheel on PyPI is a CUDA build: beside the CPU torch
+# it breaks the import of transformers, and nothing the peers run uses it, so it is removed.
+VENV_PEERS := .venv-peers
+PY_PEERS := $(VENV_PEERS)/bin/python
+PEERS_STAMP := $(VENV_PEERS)/.installed-peers
+
+$(PEERS_STAMP): constraints/peers.txt
+	$(PYTHON) -m venv $(VENV_PEERS)
+	$(PY_PEERS) -m pip install --quiet --upgrade pip
+	$(PY_PEERS) -m pip install --quiet -c constraints/peers.txt torch==2.13.0
+	$(PY_PEERS) -m pip install --quiet -c constraints/peers.txt 'optimum-intel[diffusers]' openvino-genai accelerate
+	$(PY_PEERS) -m pip uninstall --quiet --yes torchvision
+	touch $@
+
+peers-install: $(PEERS_STAMP)
 
 # ---- the GPU environment ----------------------------------------------------------------------
 # A separate environment with the gpu extra, pinned by constraints/gpu.txt to one CUDA major (13):
@@ -95,7 +114,7 @@ endif
 	SDXL_MODEL=$(MODEL) SDXL_ENGINE=$(ENGINE) SDXL_ENGINE_DIR=$(ENGINE_DIR) SDXL_HOST=$(HOST) SDXL_PORT=$(PORT) $(PY_GPU) -m service
 
 # The CPU suite, then the gpu tier in the GPU environment.
-test: install gpu-install browser redis nginx
+test: install peers-install gpu-install browser redis nginx
 	$(PY) -m pytest $(PYTEST_ARGS)
 	$(PY_GPU) -m pytest -m gpu $(PYTEST_ARGS)
 
@@ -105,7 +124,7 @@ else
 serve: install
 	SDXL_MODEL=$(MODEL) SDXL_ENGINE=$(ENGINE) SDXL_HOST=$(HOST) SDXL_PORT=$(PORT) $(PY) -m service
 
-test: install browser redis nginx
+test: install peers-install browser redis nginx
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 engines: install
@@ -121,15 +140,16 @@ bench: gpu-install
 	$(PY_GPU) -m benchmarks --model sdxl-random --engine-dir $(BENCH_ENGINES)
 else
 # The CPU path as users get it: OpenVINO IR for sdxl-random (built once, ~7 min, 21 GB peak; a
-# second run does nothing), the whole suite against the diffusers baseline, then the tiny VAE over HTTP.
+# second run does nothing), the whole suite against the diffusers baseline and the peers (their export
+# of sdxl-random is kept in build/peers), then the tiny VAE over HTTP.
 BENCH_ENGINES ?= build/engines-cpu
-bench: install
+bench: install peers-install
 	$(PY) build_engines.py --model sdxl-random --out $(BENCH_ENGINES) --target cpu
 	$(PY) -m benchmarks --model sdxl-random --engine-dir $(BENCH_ENGINES)
 	$(PY) -m benchmarks --model sdxl-random --engine-dir $(BENCH_ENGINES) --vae tiny --sections http,cache_hits --out benchmarks/results/vae-tiny
 endif
 
-bench-quick: install
+bench-quick: install peers-install
 	$(PY) -m benchmarks --quick
 
 # ---- GPU checks -------------------------------------------------------------------------------
@@ -177,4 +197,4 @@ gpu-wheels:
 	@echo "$(WHEELS)/: $$(ls $(WHEELS)/*.whl | wc -l) wheels, $$(du -sh $(WHEELS) | cut -f1)"
 
 clean:
-	rm -rf $(VENV) $(VENV_GPU) build .pytest_cache
+	rm -rf $(VENV) $(VENV_GPU) $(VENV_PEERS) build .pytest_cache

@@ -1,9 +1,10 @@
 """`python -m benchmarks`: measure the service and its baseline side by side, and report.
 
-    python -m benchmarks --quick                  # every section on the tiny model, under a minute
-    python -m benchmarks --model sdxl-random      # the full architecture (make bench), ~19-22 min on 2 CPU cores
+    python -m benchmarks --quick                  # every section on the tiny model, a few minutes
+    python -m benchmarks --model sdxl-random      # the full architecture (make bench), ~19-22 min on 2 CPU cores, plus the peers
     python -m benchmarks --model stabilityai/sdxl-turbo --engine tensorrt   # on a GPU, after make engines
     python -m benchmarks --model sdxl-random --engine-dir DIR --service-precision int8 --sections http   # an int8 build
+    python -m benchmarks --model sdxl-random --sections peers    # the peers alone (make peers-install first)
 
 Writes <out>/<machine>-<date>.json, .md and .png and prints the Markdown.
 """
@@ -20,6 +21,7 @@ from typing import Sequence
 
 import torch
 
+from benchmarks.peers import PEERS_PYTHON
 from benchmarks.plan import plan_for
 from benchmarks.report import markdown, write_reports
 from benchmarks.suite import SECTIONS, Options, run_suite
@@ -55,9 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--service-precision", choices=PRECISIONS,
         help="the service's --precision over HTTP (default: the plan's); int8 needs an int8 build in --engine-dir",
     )
-    parser.add_argument("--quick", action="store_true", help="every section, few repeats, the tiny model: under a minute")
+    parser.add_argument("--quick", action="store_true", help="every section, few repeats, the tiny model: a few minutes")
     parser.add_argument("--out", type=Path, help=f"output directory (default: {RESULTS_DIR}; {SCRATCH_DIR} with --quick)")
     parser.add_argument("--sections", type=sections, default=SECTIONS, help=f"a subset of {','.join(SECTIONS)}")
+    parser.add_argument(
+        "--peers-dir", type=Path, default=Path("build/peers"),
+        help="where the peers' inputs are kept between runs: our checkpoint, reference outputs, their export",
+    )
+    parser.add_argument("--peers-python", type=Path, default=PEERS_PYTHON, help="the peers' interpreter (make peers-install)")
     parser.add_argument("--presets-dir", type=Path, help="where the tiny preset is saved (the service's default if omitted)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser
@@ -80,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sections=args.sections,
         command=shlex.join(["python", "-m", "benchmarks", *argv]),
         presets_dir=args.presets_dir,
+        peers_dir=args.peers_dir,
+        peers_python=args.peers_python,
         log_level=args.log_level,
     )
     results = run_suite(options)

@@ -69,6 +69,7 @@ def measure_baseline(components: SDXLComponents, device: torch.device, plan: Pla
         stats = measure(one_request, plan.baseline_warmup, plan.baseline_repeats, synchronizer(device))
     logger.info("baseline: %.3f s per image (median)", stats.median)
     return {
+        "name": "baseline: diffusers StableDiffusionXLPipeline",
         "what": "diffusers StableDiffusionXLPipeline, one call per request, PNG via Pillow defaults; no cache, no compile",
         "precision": baseline_precision(device),
         "device": device.type,

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import textwrap
 from pathlib import Path
 from typing import Any
 
-from benchmarks.summary import component_rates, in_process_engine
+from benchmarks.summary import component_rates, in_process_engine, peer_rows
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
@@ -30,12 +31,17 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
 
 def _time_per_image(ax: Any, results: dict[str, Any]) -> None:
+    """Ours beside the baseline and every measured peer, under the names the tables give them."""
     summary = results["summary"]
     engine = summary.get("service_engine", "the service")
-    labels = {"baseline_s": "baseline\n(diffusers)", "ours_in_process_s": f"ours in process\n({in_process_engine(results)})",
-              "ours_http_s": f"ours over HTTP\n({engine})"}
-    _bars(ax, [(label, summary[key]) for key, label in labels.items() if key in summary],
-          "seconds per image (lower is better)", "Time per image (1 step)")
+    items = [(f"ours over HTTP ({engine})", summary["ours_http_s"])] if "ours_http_s" in summary else []
+    if "ours_in_process_s" in summary:
+        items.append((f"ours in process ({in_process_engine(results)})", summary["ours_in_process_s"]))
+    if "baseline_s" in summary:
+        items.append((results["baseline"]["name"], summary["baseline_s"]))
+    items += [(row["name"], row["seconds"]["median"]) for row in peer_rows(results) if "seconds" in row]
+    _bars(ax, [(textwrap.fill(label, 28), seconds) for label, seconds in items],
+          "seconds per image (lower is better)", "Time per image (1 step)", horizontal=True)
 
 
 def _fraction_of_peak(ax: Any, results: dict[str, Any]) -> None:

@@ -1,7 +1,7 @@
 """How much to measure: repeat counts and sweeps, chosen per mode so a run fits its time budget.
 
-`QUICK` runs every section on the tiny model in well under a minute (a test runs it). `CPU_FULL`
-fits the full SDXL architecture on a 2-core CPU into 30 minutes, `make bench`'s tiny-VAE run
+`QUICK` runs every section on the tiny model in a few minutes, most of them the peers' export and
+processes (a test runs it). `CPU_FULL` fits the full SDXL architecture on a 2-core CPU into 30 minutes, `make bench`'s tiny-VAE run
 included, on the slowest processor here (AVX2 only, everything in fp32): few repeats, the miss
 sweep cut to concurrency 1 and 2 (the CPU engine makes one image at a time, so latency at
 concurrency c is about c times that at 1 and throughput stays flat), and the scale table cut to
@@ -9,8 +9,8 @@ concurrency c is about c times that at 1 and throughput stays flat), and the sca
 measured run): on that processor the suite takes about 22 minutes (scale 4 when it ran on torch,
 plus about 1 for its own process to load the service's engine and make its warm-up image, compiled
 components 5, torch components 3, the service over HTTP 5, baseline 2) and the tiny-VAE run 3; two
-scale runs per cell would add 4. With AVX-512 BF16 about 19 minutes in all. `GPU_FULL` measures
-everything.
+scale runs per cell would add 4. With AVX-512 BF16 about 19 minutes in all, the peers aside (their
+export once, then one process per peer). `GPU_FULL` measures everything.
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ class Plan:
     # Baseline: a plain diffusers pipeline, one request per call.
     baseline_warmup: int = 1
     baseline_repeats: int = 2
+    # Peers (benchmarks/peers.py): one untimed image (the weight check's) per peer, then these.
+    peer_warmup: int = 1
+    peer_repeats: int = 3
     # HTTP: cache misses per concurrency level: `miss_requests_per_client * concurrency`, at least `miss_min_requests`.
     miss_concurrency: tuple[int, ...] = (1, 2, 4, 8)
     miss_requests_per_client: int = 2
@@ -75,6 +78,7 @@ QUICK = Plan(
     hit_warmup_requests=10,
     scale_sizes=(256, 384),
     scale_repeats=2,
+    peer_repeats=2,
     notes=("quick: the tiny model at 256x256 in fp32, whose figures say nothing about speed; it keeps the suite from rotting",),
 )
 

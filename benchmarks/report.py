@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.chart import chart
-from benchmarks.summary import component_rates, in_process_engine, peak_is_wrong
+from benchmarks.peers import CHECKED
+from benchmarks.summary import component_rates, in_process_engine, peak_is_wrong, peer_rows
 
 # --- formatting ------------------------------------------------------------------------------------
 
@@ -51,7 +52,7 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
 def markdown(results: dict[str, Any]) -> str:
     """The whole report: a header on the machine and the command, the summary, then one table per section."""
     out = _header(results) + ["## Summary", ""] + table(["figure", "value"], _summary_rows(results))
-    for section in (_peak, _components, _baseline, _http, _cache_hits, _scale):
+    for section in (_peak, _components, _baseline_and_peers, _http, _cache_hits, _scale):
         out += section(results)
     if results.get("notes"):
         out += ["## Notes", ""] + [f"- {note}" for note in results["notes"]] + [""]
@@ -94,15 +95,16 @@ def _summary_rows(results: dict[str, Any]) -> list[list[str]]:
     if "ours_in_process_s" in summary:
         label = f"our time per image in process ({in_process_engine(results)}, {size}x{size}, 1 step, no HTTP)"
         rows.append([label, fmt_s(summary["ours_in_process_s"])])
+    if "peer_s" in summary:
+        rows.append([f"fastest peer: {summary['peer_name']}, per image", fmt_s(summary["peer_s"])])
     if "baseline_s" in summary:
-        label = f"baseline: plain diffusers pipeline, {results['baseline']['precision']}, per request"
-        rows.append([label, fmt_s(summary["baseline_s"])])
-    for key, label in (("ours_http_over_baseline", "ours over HTTP / baseline"),
-                       ("ours_in_process_over_baseline", "ours in process / baseline")):
-        if key in summary:
-            ratio = summary[key]
-            verdict = f"{1 / ratio:.1f}x faster than" if ratio < 1 else f"{ratio:.1f}x slower than"
-            rows.append([label, f"{ratio:.2f}: {verdict} the baseline"])
+        rows.append([f"{results['baseline']['name']}, {results['baseline']['precision']}, per image", fmt_s(summary["baseline_s"])])
+    for versus, words in (("peer", "the fastest peer"), ("baseline", "the baseline")):
+        for ours, label in (("ours_http", "ours over HTTP"), ("ours_in_process", "ours in process")):
+            if f"{ours}_over_{versus}" in summary:
+                ratio = summary[f"{ours}_over_{versus}"]
+                verdict = f"{1 / ratio:.1f}x faster than" if ratio < 1 else f"{ratio:.1f}x slower than"
+                rows.append([f"{label} / {words.removeprefix('the ')}", f"{ratio:.2f}: {verdict} {words}"])
     wrong = bool(peak_is_wrong(results))
     for name, component in (("unet", "unet_step"), ("vae", "vae_decode")):
         if f"{name}_fraction_of_peak" in summary:
@@ -194,17 +196,38 @@ def _components(results: dict[str, Any]) -> list[str]:
     return [f"## Components ({size}x{size}, batch 1)", "", intro, ""] + table(header, rows) + files + ([""] if files else [])
 
 
-def _baseline(results: dict[str, Any]) -> list[str]:
-    b = results.get("baseline")
-    if not b:
+def _baseline_and_peers(results: dict[str, Any]) -> list[str]:
+    """The baseline and the peers in one table, each under the name the summary and the chart give it."""
+    b, peers = results.get("baseline"), results.get("peers")
+    if not b and not peers:
         return []
-    return [
-        "## Baseline",
-        "",
-        f"{b['what']}; {b['precision']} on {b['device']}, {b['size']}x{b['size']}, {b['num_inference_steps']} step: "
-        f"{fmt_stats(b['seconds'])} per image ({b['seconds']['n']} timed).",
-        "",
-    ]
+    rows = []
+    if b:
+        rows.append([b["name"], b["precision"], fmt_stats(b["seconds"]), "–", "–", "ours (the same modules)"])
+    for row in peer_rows(results):
+        errors = row.get("check", {}).get("errors", {})
+        agreement = ", ".join("–" if errors.get(name) is None else f"{errors[name]:.1%}" for name in CHECKED) if errors else "–"
+        if "seconds" in row:
+            rows.append([row["name"], row["compute_precision"], fmt_stats(row["seconds"]), fmt_s(row["load_seconds"]),
+                         fmt_bytes(row["peak_rss_bytes"]), agreement])
+        else:
+            rows.append([row["name"], "–", f"**not measured**: {row['not_measured']}", "–", "–", agreement])
+    size = b["size"] if b else peers["size"]
+    header = ["pipeline", "computes in", "time per image", "load + compile", "peak memory",
+              "off ours: " + ", ".join(CHECKED.values())]
+    out = [f"## Baseline and peers ({size}x{size}, 1 step, guidance 0, prompt in, PNG out)", ""]
+    if b:
+        out += [f"Baseline: {b['what']}; on {b['device']}, {b['seconds']['n']} timed.", ""]
+    if peers:
+        libraries = ", ".join(f"{name} {version}" for name, version in peers.get("libraries", {}).items() if version)
+        exported = ", ".join(f"{weights} {fmt_s(seconds)}" for weights, seconds in peers.get("export_seconds", {}).items())
+        out += [
+            f"Peers: what a careful CPU user would run instead, on our weights (exported by optimum-intel's exporter: "
+            f"{exported or '–'}), with static shapes, each in a process of its own, under {peers['python']} ({libraries or '–'}). "
+            f"A peer's time is shown only when its outputs are within {peers['check_limit']:.0%} (relative) of ours.",
+            "",
+        ]
+    return out + table(header, rows)
 
 
 def _http(results: dict[str, Any]) -> list[str]:

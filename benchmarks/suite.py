@@ -1,11 +1,12 @@
 """One run of the suite: the machine's peak, then one process per precision, then the service over
-HTTP, then the scale table on the service's engine in process.
+HTTP, then the scale table on the service's engine in process, then the peers (one process each,
+benchmarks/peers.py).
 
 Memory rule: at most one model is in memory at a time. Each precision's model is loaded in its own
 spawned process (components and baseline share it); the service, a process of its own, starts only
 after the last of them has ended, and the scale table's process (the service's engine, built as the
-service builds it) only after the service has stopped. It runs last so that the service's start is
-timed as it would have been without it (an OpenVINO engine fills its compiled-model cache on a start).
+service builds it) only after the service has stopped: after, so that the service's start is timed
+as it would have been without it (an OpenVINO engine fills its compiled-model cache on a start).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from benchmarks.http_load import run_http, served_stage_means
 from benchmarks.isolation import run_isolated
 from benchmarks.launcher import ServiceProcess
 from benchmarks.machine import device_precisions, load_average, machine_facts, machine_label
+from benchmarks.peers import PEERS_PYTHON, PeerJob, run_peers
 from benchmarks.plan import Plan
 from benchmarks.scale import measure_served_scale
 from benchmarks.summary import summarize
@@ -38,7 +40,7 @@ from engines.core.hardware import cpu_has_bf16, usable_cpu_count
 from engines.core.numerics import choose_numerics
 
 logger = logging.getLogger(__name__)
-SECTIONS = ("components", "baseline", "http", "cache_hits", "scale")
+SECTIONS = ("components", "baseline", "http", "cache_hits", "scale", "peers")
 PROCESS_FACTS = ("precision", "numerics", "model_fingerprint", "load_seconds", "peak_rss_bytes", "load_average_at_end")
 
 
@@ -55,6 +57,8 @@ class Options:
     log_level: str = "INFO"
     vae: str = "full"
     service_precision: str | None = None  # the service's --precision when not the plan's (int8: an int8 build)
+    peers_dir: Path = Path("build/peers")  # our checkpoint, reference outputs and the peers' export, kept between runs
+    peers_python: Path = PEERS_PYTHON
 
 
 def run_suite(options: Options) -> dict[str, Any]:
@@ -87,6 +91,8 @@ def run_suite(options: Options) -> dict[str, Any]:
         _run_service_sections(options, results)
     if "scale" in options.sections:
         _run_scale(options, results)
+    if "peers" in options.sections:
+        _run_peers(options, results)
     facts["load_average_at_end"] = load_average()
     results["duration_s"] = time.perf_counter() - clock
     results["summary"] = summarize(results)
@@ -205,6 +211,17 @@ def _run_scale(options: Options, results: dict[str, Any]) -> None:
     _section(results, "scale", lambda: run_isolated(measure_served_scale, _service_args(options), options.plan, options.log_level))
     if "scale" in results:
         results.setdefault("processes", []).append(results["scale"].pop("process"))
+
+
+def _run_peers(options: Options, results: dict[str, Any]) -> None:
+    """The peers after everything of ours has ended: one model in memory at a time."""
+    if options.device != "cpu":
+        results["notes"].append("peers: not run on a GPU: they are CPU pipelines (OpenVINO)")
+        return
+    plan = options.plan
+    job = PeerJob(options.model, plan.size, plan.peer_warmup, plan.peer_repeats, options.peers_dir, options.peers_python,
+                  options.presets_dir, options.log_level)
+    _section(results, "peers", lambda: run_peers(job))
 
 
 def _section(results: dict[str, Any], name: str, run: Any) -> None:

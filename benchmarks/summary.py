@@ -76,6 +76,7 @@ def warnings(results: dict[str, Any]) -> list[str]:
     served = results.get("service", {}).get("engine")
     if served and results.get("scale") and in_process_engine(results) != served:
         out.append(f"TWO ENGINES: the in-process figures ran on {in_process_engine(results)}, the service on {served}: they do not compare")
+    out += [f"PEER NOT MEASURED: {row['name']}: {row['not_measured']}" for row in peer_rows(results) if "not_measured" in row]
     return out
 
 
@@ -83,6 +84,16 @@ def in_process_engine(results: dict[str, Any]) -> str:
     """The engine the scale table, and so "ours in process", ran on; runs from before the table named
     its engine ran it on the torch pipeline in the service's precision."""
     return results.get("scale", {}).get("engine") or f"torch {results.get('service_precision', '')}".strip()
+
+
+def peer_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    return results.get("peers", {}).get("rows", [])
+
+
+def fastest_peer(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The measured peer with the lowest median time per image; None when none was measured."""
+    measured = [row for row in peer_rows(results) if "seconds" in row]
+    return min(measured, key=lambda row: row["seconds"]["median"], default=None)
 
 
 def service_backend(results: dict[str, Any]) -> str | None:
@@ -109,9 +120,13 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     if one_step:
         summary["ours_in_process_s"] = one_step[0]["seconds"]["median"]
         summary["in_process_engine"] = in_process_engine(results)
-    for ours, ratio in (("ours_http_s", "ours_http_over_baseline"), ("ours_in_process_s", "ours_in_process_over_baseline")):
-        if ours in summary and "baseline_s" in summary:
-            summary[ratio] = summary[ours] / summary["baseline_s"]
+    peer = fastest_peer(results)
+    if peer:
+        summary["peer_s"], summary["peer_name"] = peer["seconds"]["median"], peer["name"]
+    for versus in ("baseline", "peer"):
+        for ours in ("ours_http", "ours_in_process"):
+            if f"{ours}_s" in summary and f"{versus}_s" in summary:
+                summary[f"{ours}_over_{versus}"] = summary[f"{ours}_s"] / summary[f"{versus}_s"]
     service_precision = results.get("service_precision")
     headline = {"unet_step": "unet", "vae_decode": "vae"}
     served = service_backend(results)

@@ -16,6 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.components import count_flops
 from benchmarks.machine import machine_label
 from benchmarks.peak import summarize_peak
+from benchmarks.peers import CHECK_LIMIT, RUNS, peer_name
 from benchmarks.scale import linearity_notes
 from benchmarks.summary import in_process_engine, peak_is_wrong, warnings
 from tests.helpers import REPO
@@ -24,7 +25,7 @@ SECTION_HEADINGS = (
     "## Summary",
     "## Machine peak",
     "## Components",
-    "## Baseline",
+    "## Baseline and peers",
     "## End to end over HTTP",
     "## Cache hits",
     "## Scale",
@@ -45,8 +46,9 @@ def run_quick(out: Path, presets_dir: Path, *args: str) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory, presets_dir: Path) -> dict[str, Path]:
     """A run as in a fresh clone: no build in --engine-dir, so the service serves with torch."""
-    no_build = tmp_path_factory.mktemp("no-engines")
-    return run_quick(tmp_path_factory.mktemp("bench"), presets_dir, "--engine-dir", str(no_build))
+    no_build, peers = tmp_path_factory.mktemp("no-engines"), tmp_path_factory.mktemp("peers")
+    files = run_quick(tmp_path_factory.mktemp("bench"), presets_dir, "--engine-dir", str(no_build), "--peers-dir", str(peers))
+    return {**files, "peers": peers}
 
 
 def test_quick_json_has_every_section(quick_run: dict[str, Path]) -> None:
@@ -105,6 +107,32 @@ def test_quick_json_has_every_section(quick_run: dict[str, Path]) -> None:
     assert summary["served_unet_s"] > 0 and summary["served_vae_s"] > 0  # the service's own /metrics
 
 
+def test_quick_run_times_every_peer_on_our_weights(quick_run: dict[str, Path]) -> None:
+    """Each peer ran under the peers' pins, made a 256x256 image, and passed the weight check (which
+    tests/test_peers.py shows failing on other weights); the fastest is in the headline."""
+    results = json.loads(quick_run[".json"].read_text())
+    peers, plan = results["peers"], results["plan"]
+    assert [(row["peer"], row["weights"]) for row in peers["rows"]] == list(RUNS)
+    lines = (REPO / "constraints" / "peers.txt").read_text().splitlines()
+    pinned = dict(line.split("==") for line in lines if "==" in line and not line.startswith("#"))
+    for row in peers["rows"]:
+        assert "not_measured" not in row, row["not_measured"]
+        assert row["check"]["passed"] and all(0 <= error <= CHECK_LIMIT for error in row["check"]["errors"].values())
+        assert row["image_shape"] == [plan["size"], plan["size"], 3]
+        assert row["seconds"]["n"] == plan["peer_repeats"] and 0 < row["seconds"]["min"] <= row["seconds"]["median"]
+        assert row["libraries"]["optimum-intel"] == pinned["optimum-intel"] and row["libraries"]["transformers"] == pinned["transformers"]
+    # The int8 export holds the UNet's weights in 8 bits; the fp16 export none.
+    exported = quick_run["peers"] / "tiny" / "openvino"
+    assert 'element_type="u8"' in (exported / "int8" / "unet" / "openvino_model.xml").read_text()
+    assert 'element_type="u8"' not in (exported / "fp16" / "unet" / "openvino_model.xml").read_text()
+
+    summary = results["summary"]
+    fastest = min(peers["rows"], key=lambda row: row["seconds"]["median"])
+    assert (summary["peer_s"], summary["peer_name"]) == (fastest["seconds"]["median"], fastest["name"])
+    assert summary["ours_http_over_peer"] == summary["ours_http_s"] / summary["peer_s"]
+    assert summary["ours_in_process_over_peer"] == summary["ours_in_process_s"] / summary["peer_s"]
+
+
 def test_quick_markdown_has_every_table(quick_run: dict[str, Path]) -> None:
     text = quick_run[".md"].read_text()
     first_line_after_title = text.splitlines()[2]
@@ -114,9 +142,13 @@ def test_quick_markdown_has_every_table(quick_run: dict[str, Path]) -> None:
     for heading in SECTION_HEADINGS:
         assert heading in text, heading
     assert "| unet_step | torch | fp32 |" in text
+    assert "| baseline: diffusers StableDiffusionXLPipeline | fp32 |" in text
+    for peer, weights in RUNS:
+        assert f"| {peer_name(peer, weights)} |" in text
+    assert "| fastest peer: " in text and "| ours over HTTP / fastest peer |" in text and "| ours in process / fastest peer |" in text
     assert "our time per image in process (torch-cpu-fp32, 256x256, 1 step, no HTTP)" in text
     assert "## Scale (in process, torch-cpu-fp32)" in text and "TWO ENGINES" not in text
-    assert "## Errors" not in text
+    assert "## Errors" not in text and "PEER NOT MEASURED" not in text
 
 
 def test_given_an_openvino_build_the_in_process_figures_run_the_engine_the_service_serves(
