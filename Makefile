@@ -133,7 +133,7 @@ endif
 
 ifeq ($(GPU),1)
 # The GPU plan: TensorRT plans for sdxl-random (built once), then one run that times the service on
-# TensorRT over HTTP, PyTorch fp16 in process and the diffusers fp16 baseline.
+# TensorRT over HTTP and in process, PyTorch fp16 components and the diffusers fp16 baseline.
 BENCH_ENGINES ?= build/engines-gpu
 bench: gpu-install
 	$(PY_GPU) build_engines.py --model sdxl-random --out $(BENCH_ENGINES)

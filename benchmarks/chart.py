@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from benchmarks.summary import component_rates, peer_rows
+from benchmarks.summary import component_rates, in_process_engine, peer_rows
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
@@ -36,7 +36,7 @@ def _time_per_image(ax: Any, results: dict[str, Any]) -> None:
     engine = summary.get("service_engine", "the service")
     items = [(f"ours over HTTP ({engine})", summary["ours_http_s"])] if "ours_http_s" in summary else []
     if "ours_in_process_s" in summary:
-        items.append(("ours in process (torch)", summary["ours_in_process_s"]))
+        items.append((f"ours in process ({in_process_engine(results)})", summary["ours_in_process_s"]))
     if "baseline_s" in summary:
         items.append((results["baseline"]["name"], summary["baseline_s"]))
     items += [(row["name"], row["seconds"]["median"]) for row in peer_rows(results) if "seconds" in row]

@@ -7,12 +7,11 @@ with (benchmarks/engine_runners.py: the build's files from --engine-dir, else ma
 backend whose module is absent, or with no hook there, is skipped with a note.
 
 Memory: at full size a compiled runtime's copy of the UNet does not fit beside torch's, so a process
-times in two halves. `time_torch` times PyTorch (the scale section then runs on the same pipeline);
-`finish` finds or makes every compiled backend's files while the torch modules are there, releases
-the torch weights, then times the compiled backends one component at a time, each runner freed
-before the next one loads. A step that would not fit in MemAvailable is skipped with a note that
-gives the need and what the machine has (benchmarks/memory_fit.py): an OOM kill would lose the
-process's every figure.
+times in two halves. `time_torch` times PyTorch; `finish` finds or makes every compiled backend's
+files while the torch modules are there, releases the torch weights, then times the compiled
+backends one component at a time, each runner freed before the next one loads. A step that would
+not fit in MemAvailable is skipped with a note that gives the need and what the machine has
+(benchmarks/memory_fit.py): an OOM kill would lose the process's every figure.
 
 FLOPs and bytes are counted once per component during the first warm-up run of the PyTorch backend:
 FLOPs with torch's FlopCounterMode (matrix products, convolutions and attention; element-wise work

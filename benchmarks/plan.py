@@ -6,10 +6,11 @@ included, on the slowest processor here (AVX2 only, everything in fp32): few rep
 sweep cut to concurrency 1 and 2 (the CPU engine makes one image at a time, so latency at
 concurrency c is about c times that at 1 and throughput stays flat), and the scale table cut to
 512 and 768 pixels, one run per cell. Estimated from earlier runs' figures (an estimate, not yet a
-measured run): on that processor the suite takes about 21 minutes (scale 4, compiled components 5,
-torch components 3, the service over HTTP 5, baseline 2) and the tiny-VAE run 3; two scale runs per
-cell would add 4. With AVX-512 BF16 about 18 minutes in all, the peers aside (their export once,
-then one process per peer). `GPU_FULL` measures everything.
+measured run): on that processor the suite takes about 22 minutes (scale 4 when it ran on torch,
+plus about 1 for its own process to load the service's engine and make its warm-up image, compiled
+components 5, torch components 3, the service over HTTP 5, baseline 2) and the tiny-VAE run 3; two
+scale runs per cell would add 4. With AVX-512 BF16 about 19 minutes in all, the peers aside (their
+export once, then one process per peer). `GPU_FULL` measures everything.
 """
 
 from __future__ import annotations
@@ -51,12 +52,12 @@ class Plan:
     hit_concurrency: tuple[int, ...] = (1, 2, 4, 8)
     hit_requests: int = 200
     hit_warmup_requests: int = 20
-    # Scale: end-to-end images over steps (at `size`) and sizes (at 1 step).
+    # Scale: end-to-end images over steps (at `size`) and sizes (at 1 step), on the service's engine in process.
     scale_steps: tuple[int, ...] = (1, 2, 4)
     scale_sizes: tuple[int, ...] = (512, 768, 1024)
     scale_skipped_sizes: tuple[int, ...] = ()
     scale_repeats: int = 3
-    scale_warm_new_sizes: bool = True  # one untimed image at each size not yet run in the process
+    scale_warm_new_sizes: bool = True  # one untimed image at each size's first cell (besides the engine's warm-up image)
     service_ready_timeout_s: float = 900.0
     notes: tuple[str, ...] = ()
 
@@ -97,9 +98,9 @@ CPU_FULL = Plan(
         "cache misses at concurrency 1 and 2 only: the CPU engine makes one image at a time, so latency "
         "at concurrency c is about c times that at 1 and throughput stays flat (4 and 8 would add ~6 minutes)",
         "scale: one run per cell (a second adds about 4 minutes on an AVX2-only processor, past the 30 the "
-        "whole run may take); 768x768 gets no warm-up run (on an AVX-512 CPU a first decode at a new size "
-        "cost the same as the next), so a first-call cost there would be in its figure; 1024x1024 is left "
-        "out (about 4 minutes of its own)",
+        "whole run may take); 768x768 gets no warm-up run (on an AVX-512 CPU a first torch decode at a new "
+        "size cost the same as the next; not yet measured on OpenVINO), so a first-call cost there would be "
+        "in its figure; 1024x1024 is left out (about 4 minutes of its own)",
     ),
 )
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from benchmarks.chart import chart
 from benchmarks.peers import CHECKED
-from benchmarks.summary import component_rates, peak_is_wrong, peer_rows
+from benchmarks.summary import component_rates, in_process_engine, peak_is_wrong, peer_rows
 
 # --- formatting ------------------------------------------------------------------------------------
 
@@ -93,7 +93,8 @@ def _summary_rows(results: dict[str, Any]) -> list[list[str]]:
         label = f"our time per image over HTTP ({engine}, {size}x{size}, 1 step, p50 at concurrency 1)"
         rows.append([label, fmt_s(summary["ours_http_s"])])
     if "ours_in_process_s" in summary:
-        rows.append(["our time per image in process (the same loop on torch, no HTTP)", fmt_s(summary["ours_in_process_s"])])
+        label = f"our time per image in process ({in_process_engine(results)}, {size}x{size}, 1 step, no HTTP)"
+        rows.append([label, fmt_s(summary["ours_in_process_s"])])
     if "peer_s" in summary:
         rows.append([f"fastest peer: {summary['peer_name']}, per image", fmt_s(summary["peer_s"])])
     if "baseline_s" in summary:
@@ -285,7 +286,7 @@ def _scale(results: dict[str, Any]) -> list[str]:
     rows += [[str(r["steps"]), f"{r['size']}x{r['size']}", f"skipped: {r['skipped']}", "–"] for r in scale["skipped"]]
     size = results["plan"]["size"]
     header = ["steps", "size", "time per image", f"vs 1 step at {size}"]
-    out = [f"## Scale (in process, {results.get('service_precision', '')})", ""] + table(header, rows)
+    out = [f"## Scale (in process, {in_process_engine(results)})", ""] + table(header, rows)
     return out + [f"- {note}" for note in scale["notes"]] + [""]
 
 

@@ -1,23 +1,28 @@
 """Section 5, scale: how the cost of one image grows with steps (1, 2, 4) and with size (512 to 1024).
 
-End-to-end images through our loop (text encoders, UNet steps, VAE decode), in the service's
-precision, in process. The note says where growth stops being linear: per step at the base size, and
-per pixel across sizes (attention costs grow with the square of the latent tokens).
+End-to-end images (text encoders, UNet steps, VAE decode) in process, made by the engine the service
+serves with: built from the service's own arguments by the service's own code (Settings, then
+engines.select), loaded and warmed up as the service does before /readyz, in a spawned process of
+its own so that its weights never sit beside another process's. Its 1-step image at the base size
+is the report's "ours in process": the engine of "ours over HTTP", without the HTTP. The note says
+where growth stops being linear: per step at the base size, and per pixel across sizes (attention
+costs grow with the square of the latent tokens).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import time
 from typing import Any
 
-import torch
-
-from benchmarks.machine import synchronizer
+from benchmarks.isolation import configure_child_logging, own_peak_rss_bytes
+from benchmarks.machine import load_average
 from benchmarks.plan import Plan
 from benchmarks.timing import measure
-from engines.base import GenerationRequest
-from engines.core.pipeline import SDXLTurboPipeline
+from engines.base import GenerationRequest, ImageEngine
+from engines.select import prepare_and_select
+from service.settings import load_settings
 
 logger = logging.getLogger(__name__)
 LINEAR_TOLERANCE = 0.10  # within 10% of the straight line counts as linear
@@ -29,24 +34,51 @@ def cells(plan: Plan) -> list[tuple[int, int]]:
     return list(dict.fromkeys(wanted))
 
 
-def measure_scale(pipeline: SDXLTurboPipeline, plan: Plan, warm_sizes: set[int]) -> dict[str, Any]:
-    """Time each cell; a size not yet run in this process gets one untimed warm-up image first if the plan says so."""
-    device = pipeline.device
+def measure_served_scale(service_args: list[str], plan: Plan, log_level: str) -> dict[str, Any]:
+    """The scale table on the engine `python -m service SERVICE_ARGS` would serve with; run it in a
+    process of its own (benchmarks/isolation.py). Returns the table, the engine's name and why it was
+    chosen, and the process's facts under "process"."""
+    configure_child_logging(log_level)
+    started = time.perf_counter()
+    engine = prepare_and_select(load_settings(service_args).engine_request())
+    try:
+        engine.load()
+        engine.warm_up()  # the service's warm-up image and self-test: the state /readyz answers in
+        ready_s = time.perf_counter() - started
+        logger.info("scale: %s loaded and warmed up in %.1f s", engine.info.name, ready_s)
+        table = measure_scale(engine, plan)
+    finally:
+        engine.close()
+    process = {
+        "sections": ["scale"],
+        "numerics": engine.info.name,
+        "model_fingerprint": engine.info.model_fingerprint,
+        "load_seconds": ready_s,
+        "peak_rss_bytes": own_peak_rss_bytes(),
+        "load_average_at_end": load_average(),
+    }
+    return {"engine": engine.info.name, "engine_reason": engine.info.selection_reason, **table, "process": process}
+
+
+def measure_scale(engine: ImageEngine, plan: Plan) -> dict[str, Any]:
+    """Time each cell the engine can run; a size's first cell gets one untimed warm-up image first if the plan says so."""
     counter = itertools.count()
-    rows = []
+    rows, skipped, warm_sizes = [], [], set()
     for steps, size in cells(plan):
+        if not engine.limits.supports(size, size):
+            skipped.append({"steps": steps, "size": size, "skipped": f"{engine.info.name} runs {engine.limits.describe_sizes()}"})
+            continue
+
         def one_image(steps: int = steps, size: int = size) -> None:
-            i = next(counter)
-            request = GenerationRequest(prompt=f"scale {i}", seed=i, num_inference_steps=steps, width=size, height=size)
-            with torch.inference_mode():
-                pipeline([request])
+            i = next(counter)  # a new prompt each time: no prompt-embedding cache hit, as on a service miss
+            engine.generate([GenerationRequest(prompt=f"scale {i}", seed=i, num_inference_steps=steps, width=size, height=size)])
 
         warmup = 1 if plan.scale_warm_new_sizes and size not in warm_sizes else 0
-        stats = measure(one_image, warmup, plan.scale_repeats, synchronizer(device))
+        stats = measure(one_image, warmup, plan.scale_repeats)  # generate returns finished images: nothing to wait for
         warm_sizes.add(size)
         rows.append({"steps": steps, "size": size, "seconds": stats.as_dict()})
-        logger.info("scale: %d steps at %dx%d: %.3f s (median)", steps, size, size, stats.median)
-    skipped = [{"steps": 1, "size": size, "skipped": "left out of this plan for time"} for size in plan.scale_skipped_sizes]
+        logger.info("scale: %d steps at %dx%d on %s: %.3f s (median)", steps, size, size, engine.info.name, stats.median)
+    skipped += [{"steps": 1, "size": size, "skipped": "left out of this plan for time"} for size in plan.scale_skipped_sizes]
     return {"rows": rows, "skipped": skipped, "notes": linearity_notes(rows, plan.size)}
 
 

@@ -1,9 +1,12 @@
-"""One run of the suite: the machine's peak, then one process per precision, then the service over HTTP,
-then the peers (one process each, benchmarks/peers.py).
+"""One run of the suite: the machine's peak, then one process per precision, then the service over
+HTTP, then the scale table on the service's engine in process, then the peers (one process each,
+benchmarks/peers.py).
 
 Memory rule: at most one model is in memory at a time. Each precision's model is loaded in its own
-spawned process (components, baseline and scale share it), and the service, a process of its own,
-starts only after the last of them has ended.
+spawned process (components and baseline share it); the service, a process of its own, starts only
+after the last of them has ended, and the scale table's process (the service's engine, built as the
+service builds it) only after the service has stopped: after, so that the service's start is timed
+as it would have been without it (an OpenVINO engine fills its compiled-model cache on a start).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from benchmarks.launcher import ServiceProcess
 from benchmarks.machine import device_precisions, load_average, machine_facts, machine_label
 from benchmarks.peers import PEERS_PYTHON, PeerJob, run_peers
 from benchmarks.plan import Plan
+from benchmarks.scale import measure_served_scale
 from benchmarks.summary import summarize
 from benchmarks.workers import PrecisionJob, run_precision_job
 from engines.core.hardware import cpu_has_bf16, usable_cpu_count
@@ -85,6 +89,8 @@ def run_suite(options: Options) -> dict[str, Any]:
     _run_model_sections(options, results, service_precision)
     if {"http", "cache_hits"} & set(options.sections):
         _run_service_sections(options, results)
+    if "scale" in options.sections:
+        _run_scale(options, results)
     if "peers" in options.sections:
         _run_peers(options, results)
     facts["load_average_at_end"] = load_average()
@@ -105,8 +111,6 @@ def _run_model_sections(options: Options, results: dict[str, Any], service_preci
     if "components" in sections:
         offered = device_precisions(torch.device(options.device)) if options.plan.precision == "auto" else [service_precision]
         wanted += [p for p in offered if any(p in ps for ps in backends.values())]
-    if "scale" in sections:
-        wanted.append(service_precision)
     results["components"] = []
     results["peak"] = {}
     known: dict[str, dict[str, Any]] = {"flops": {}, "traffic": {}}  # counted once, in the first process
@@ -125,10 +129,9 @@ def _run_model_sections(options: Options, results: dict[str, Any], service_preci
                 baseline="baseline" in sections and precision == baseline_precision(torch.device(options.device)),
                 components="components" in sections,
                 encode_images="components" in sections and precision == service_precision,
-                scale="scale" in sections and precision == service_precision,
                 log_level=options.log_level,
             )
-            tasks = [name for name in ("baseline", "components", "scale") if getattr(job, name)]
+            tasks = [name for name in ("baseline", "components") if getattr(job, name)]
             logger.info("process for %s: %s", precision, ", ".join(tasks))
             try:
                 outcome = run_isolated(run_precision_job, job)
@@ -152,12 +155,12 @@ def _run_model_sections(options: Options, results: dict[str, Any], service_preci
                     known[kind].update(outcome["components"][kind])
                 if outcome["components"]["bandwidth"]:
                     results.setdefault("bandwidth", outcome["components"]["bandwidth"])
-            if "scale" in outcome:
-                results["scale"] = outcome["scale"]
     results["flops"], results["traffic"] = known["flops"], known["traffic"]
 
 
-def _service_args(options: Options, cache_dir: str) -> list[str]:
+def _service_args(options: Options) -> list[str]:
+    """`python -m service`'s arguments in this run (its --cache-dir aside): the HTTP sections' service
+    and the scale table's engine are both built from them."""
     args = [
         "--model", options.model,
         "--engine", options.engine,
@@ -165,7 +168,6 @@ def _service_args(options: Options, cache_dir: str) -> list[str]:
         "--vae", options.vae,
         "--device", options.device,
         "--precision", options.service_precision or options.plan.precision,
-        "--cache-dir", cache_dir,
         # Latency is the figure: no request may time out or be refused while the sweep waits its turn.
         "--request-timeout", "86400",
         "--max-queue", "1000",
@@ -178,7 +180,7 @@ def _service_args(options: Options, cache_dir: str) -> list[str]:
 def _run_service_sections(options: Options, results: dict[str, Any]) -> None:
     """Start the service as a user would (fresh cache), time it to /readyz, then the HTTP and cache-hit sections."""
     with tempfile.TemporaryDirectory(prefix="bench-cache-") as cache_dir:
-        args = _service_args(options, cache_dir)
+        args = _service_args(options) + ["--cache-dir", cache_dir]
         service = ServiceProcess(args)
         info: dict[str, Any] = {"args": args, "env": {k: v for k, v in os.environ.items() if k.startswith("SDXL_")}}
         results["service"] = info
@@ -202,6 +204,13 @@ def _run_service_sections(options: Options, results: dict[str, Any]) -> None:
             info["exit_code"] = service.stop()
             if info["exit_code"] != 0:
                 results["errors"]["service exit"] = f"exit code {info['exit_code']}; log tail:\n{service.log()[-2000:]}"
+
+
+def _run_scale(options: Options, results: dict[str, Any]) -> None:
+    """The scale table in a process of its own, on the engine the service serves with."""
+    _section(results, "scale", lambda: run_isolated(measure_served_scale, _service_args(options), options.plan, options.log_level))
+    if "scale" in results:
+        results.setdefault("processes", []).append(results["scale"].pop("process"))
 
 
 def _run_peers(options: Options, results: dict[str, Any]) -> None:

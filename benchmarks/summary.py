@@ -73,8 +73,17 @@ def warnings(results: dict[str, Any]) -> list[str]:
                 f"components and {peak['gflops_after']:.0f} after ({peak['drift']:.0%} apart): figures from this run do not compare"
             )
     out += [f"PEAK IS WRONG: {reason}" for reason in peak_is_wrong(results)]
+    served = results.get("service", {}).get("engine")
+    if served and results.get("scale") and in_process_engine(results) != served:
+        out.append(f"TWO ENGINES: the in-process figures ran on {in_process_engine(results)}, the service on {served}: they do not compare")
     out += [f"PEER NOT MEASURED: {row['name']}: {row['not_measured']}" for row in peer_rows(results) if "not_measured" in row]
     return out
+
+
+def in_process_engine(results: dict[str, Any]) -> str:
+    """The engine the scale table, and so "ours in process", ran on; runs from before the table named
+    its engine ran it on the torch pipeline in the service's precision."""
+    return results.get("scale", {}).get("engine") or f"torch {results.get('service_precision', '')}".strip()
 
 
 def peer_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -110,6 +119,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     one_step = [r for r in results.get("scale", {}).get("rows", []) if r["steps"] == 1 and r["size"] == size]
     if one_step:
         summary["ours_in_process_s"] = one_step[0]["seconds"]["median"]
+        summary["in_process_engine"] = in_process_engine(results)
     peer = fastest_peer(results)
     if peer:
         summary["peer_s"], summary["peer_name"] = peer["seconds"]["median"], peer["name"]

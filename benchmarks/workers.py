@@ -1,8 +1,9 @@
 """The work of one precision's process: load the model once, then run the sections that need it.
 
 The baseline runs first, on the freshly loaded modules (our runners move nothing on the CPU, but on
-CUDA they move the VAE); then the PyTorch components; then the scale table, on the same PyTorch
-pipeline; then the compiled components, which release the torch weights before they load their own.
+CUDA they move the VAE); then the PyTorch components; then the compiled components, which release
+the torch weights before they load their own. The scale table runs elsewhere, on the service's own
+engine (benchmarks/scale.py).
 """
 
 from __future__ import annotations
@@ -15,15 +16,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from diffusers.utils import logging as diffusers_logging
-from transformers.utils import logging as transformers_logging
 
 from benchmarks.baseline import measure_baseline
 from benchmarks.components import ComponentsSection, LoadedModel
-from benchmarks.isolation import own_peak_rss_bytes
+from benchmarks.isolation import configure_child_logging, own_peak_rss_bytes
 from benchmarks.machine import load_average
 from benchmarks.plan import Plan
-from benchmarks.scale import measure_scale
 from engines.core.hardware import usable_cpu_count
 from engines.backends.torch_runners import build_torch_pipeline
 from engines.core.numerics import choose_numerics
@@ -46,15 +44,12 @@ class PrecisionJob:
     baseline: bool = False
     components: bool = False
     encode_images: bool = False
-    scale: bool = False
     log_level: str = "INFO"
 
 
 def run_precision_job(job: PrecisionJob) -> dict[str, Any]:
     """Load `job.model` in `job.precision` and run the sections asked for; a failing section is recorded, not raised."""
-    logging.basicConfig(level=job.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
+    configure_child_logging(job.log_level)
     numerics = choose_numerics(job.device, job.precision)
     if numerics.device.type == "cpu":
         torch.set_num_threads(usable_cpu_count())
@@ -82,15 +77,10 @@ def run_precision_job(job: PrecisionJob) -> dict[str, Any]:
         result["baseline"] = section("baseline", lambda: measure_baseline(components, numerics.device, job.plan))
     pipeline = build_torch_pipeline(components, numerics)
     loaded = LoadedModel(job.model, components, numerics, pipeline, job.work_dir, job.engine_dir)
-    warm_sizes: set[int] = set()
-    timed: ComponentsSection | None = None
     if job.components:
         timed = section("components", lambda: ComponentsSection(loaded, job.backends, job.plan, job.known, job.encode_images).time_torch())
-        warm_sizes.add(job.plan.size)
-    if job.scale:
-        result["scale"] = section("scale", lambda: measure_scale(pipeline, job.plan, warm_sizes))
-    if timed is not None:
-        result["components"] = section("components", timed.finish)
+        if timed is not None:
+            result["components"] = section("components", timed.finish)
     result["peak_rss_bytes"] = own_peak_rss_bytes()
     result["load_average_at_end"] = load_average()
     return {name: value for name, value in result.items() if value is not None}

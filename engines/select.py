@@ -8,6 +8,7 @@ tests fake the machine at these edges.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from engines.core.hardware import GpuInfo, cuda_gpu
 from engines.core.specs import COMPILED_COMPONENTS
 from engines.manifest import ArtefactKind, Manifest, ManifestError
 from engines.models.presets import known_fingerprint
-from engines.models.sources import prepare_model  # noqa: F401 - the service's door to it (imports run one way)
+from engines.models.sources import prepare_model
 
 logger = logging.getLogger(__name__)
 
@@ -196,6 +197,14 @@ def select_engine(request: EngineRequest) -> ImageEngine:
     engine.info.selection_reason = reason
     logger.info("engine: %s (%s)", engine.info.name, reason)
     return engine
+
+
+def prepare_and_select(request: EngineRequest) -> ImageEngine:
+    """What the service does before it listens (the benchmarks' in-process engine too): fetch the
+    model's files, a hub model's revision resolved to the commit the load then reads, and build the
+    engine. Raises EngineUnavailable, saying why."""
+    prepared = prepare_model(request.model, request.revision, request.presets_dir)
+    return select_engine(dataclasses.replace(request, revision=prepared.revision))
 
 
 def _auto(request: EngineRequest) -> tuple[ImageEngine, str]:

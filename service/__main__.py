@@ -68,24 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f" at revision {settings.revision}" if settings.revision else "", settings.engine, log_format)
     # Imported only now: the engine factory pulls in torch (seconds), and a bad flag is refused before that.
     started = time.perf_counter()
-    from engines.select import EngineRequest, prepare_model, select_engine
+    from engines.select import prepare_and_select
 
     logger.info("imported torch and diffusers, %.1f s", time.perf_counter() - started)
     try:
         # Before listening: a missing or unreachable model ends here, in one line, with exit 2.
-        prepared = prepare_model(settings.model, settings.revision, settings.presets_dir)
-        engine = select_engine(
-            EngineRequest(
-                engine=settings.engine,
-                model=settings.model,
-                engine_dir=settings.engine_dir,
-                device=settings.device,
-                precision=settings.precision,
-                presets_dir=settings.presets_dir,
-                vae=settings.vae,
-                revision=prepared.revision,  # the commit resolved now, so the load reads exactly it
-            )
-        )
+        engine = prepare_and_select(settings.engine_request())
     except EngineUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

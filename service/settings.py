@@ -13,10 +13,13 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from engines.base import DEFAULT_MODEL, DEVICES, ENGINES, PRECISIONS, VAES
+
+if TYPE_CHECKING:
+    from engines.select import EngineRequest
 
 ENV_PREFIX = "SDXL_"
 LOG_FORMATS = ("auto", "text", "json")
@@ -68,6 +71,22 @@ class Settings:
     api_keys_file: Path | None = None
     metrics_require_key: bool = False
     max_queue_share: float = 0.5
+
+    def engine_request(self) -> EngineRequest:
+        """The settings the engine is built from: read here once, for the service and for the
+        benchmark's in-process engine (benchmarks/scale.py), so both build the same one."""
+        from engines.select import EngineRequest  # torch behind it: imported once the flags are accepted
+
+        return EngineRequest(
+            engine=self.engine,
+            model=self.model,
+            engine_dir=self.engine_dir,
+            device=self.device,
+            precision=self.precision,
+            presets_dir=self.presets_dir,
+            vae=self.vae,
+            revision=self.revision,
+        )
 
 
 def parse_size(text: str) -> int:

@@ -18,7 +18,7 @@ from benchmarks.machine import machine_label
 from benchmarks.peak import summarize_peak
 from benchmarks.peers import CHECK_LIMIT, RUNS, peer_name
 from benchmarks.scale import linearity_notes
-from benchmarks.summary import peak_is_wrong, warnings
+from benchmarks.summary import in_process_engine, peak_is_wrong, warnings
 from tests.helpers import REPO
 
 SECTION_HEADINGS = (
@@ -32,16 +32,22 @@ SECTION_HEADINGS = (
 )
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory, presets_dir: Path) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("bench")
-    peers = tmp_path_factory.mktemp("peers")
-    command = [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out), "--presets-dir", str(presets_dir), "--peers-dir", str(peers)]
+def run_quick(out: Path, presets_dir: Path, *args: str) -> dict[str, Path]:
+    """`python -m benchmarks --quick ARGS` into `out`; its .json, .md and .png by suffix."""
+    command = [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out), "--presets-dir", str(presets_dir), *args]
     completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, f"{completed.stdout[-3000:]}\n{completed.stderr[-5000:]}"
     files = {path.suffix: path for path in out.iterdir()}
     assert set(files) == {".json", ".md", ".png"}, sorted(out.iterdir())
     assert all(path.stem.endswith("-quick") for path in files.values())
+    return files
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory, presets_dir: Path) -> dict[str, Path]:
+    """A run as in a fresh clone: no build in --engine-dir, so the service serves with torch."""
+    no_build, peers = tmp_path_factory.mktemp("no-engines"), tmp_path_factory.mktemp("peers")
+    files = run_quick(tmp_path_factory.mktemp("bench"), presets_dir, "--engine-dir", str(no_build), "--peers-dir", str(peers))
     return {**files, "peers": peers}
 
 
@@ -89,6 +95,10 @@ def test_quick_json_has_every_section(quick_run: dict[str, Path]) -> None:
         assert level["p50_ratio"] > 0 and level["bare_aiohttp"]["ok"] == results["plan"]["hit_requests"]
 
     assert {(r["steps"], r["size"]) for r in results["scale"]["rows"]} == {(1, 256), (2, 256), (4, 256), (1, 384)}
+    # Without a build the service serves with torch, and the in-process figures are that same engine.
+    assert results["service"]["engine"] == results["scale"]["engine"] == results["summary"]["in_process_engine"] == "torch-cpu-fp32"
+    assert "auto: not TensorRT" in results["scale"]["engine_reason"]
+    assert any(p.get("sections") == ["scale"] and p["peak_rss_bytes"] > 0 for p in results["processes"])
     summary = results["summary"]
     for key in ("baseline_s", "ours_http_s", "ours_http_over_baseline", "unet_fraction_of_peak",
                 "vae_fraction_of_peak", "cache_hit_p50_ratio", "service_seconds_to_ready", "service_peak_rss_bytes"):
@@ -136,7 +146,38 @@ def test_quick_markdown_has_every_table(quick_run: dict[str, Path]) -> None:
     for peer, weights in RUNS:
         assert f"| {peer_name(peer, weights)} |" in text
     assert "| fastest peer: " in text and "| ours over HTTP / fastest peer |" in text and "| ours in process / fastest peer |" in text
+    assert "our time per image in process (torch-cpu-fp32, 256x256, 1 step, no HTTP)" in text
+    assert "## Scale (in process, torch-cpu-fp32)" in text and "TWO ENGINES" not in text
     assert "## Errors" not in text and "PEER NOT MEASURED" not in text
+
+
+def test_given_an_openvino_build_the_in_process_figures_run_the_engine_the_service_serves(
+    openvino_engines: Path, presets_dir: Path, tmp_path: Path
+) -> None:
+    """With `--engine-dir` holding a --target cpu build, the service serves OpenVINO, and the scale
+    table, whose 1-step cell is "ours in process", runs that same engine in process, named as the
+    service names it (/readyz, X-Engine)."""
+    files = run_quick(tmp_path, presets_dir, "--sections", "http,scale", "--engine-dir", str(openvino_engines))
+    results = json.loads(files[".json"].read_text())
+    assert results["errors"] == {}
+    served = results["service"]["engine"]
+    assert served == "openvino-cpu-f32"
+    assert results["scale"]["engine"] == results["summary"]["in_process_engine"] == served
+    assert str(openvino_engines) in results["scale"]["engine_reason"]
+    assert {(r["steps"], r["size"]) for r in results["scale"]["rows"]} == {(1, 256), (2, 256), (4, 256), (1, 384)}
+    text = files[".md"].read_text()
+    assert f"our time per image in process ({served}, 256x256, 1 step, no HTTP)" in text
+    assert f"our time per image over HTTP ({served}," in text
+    assert f"## Scale (in process, {served})" in text and "TWO ENGINES" not in text
+
+
+def test_in_process_figures_on_another_engine_than_the_service_are_flagged() -> None:
+    scale = {"engine": "torch-cpu-bf16", "rows": []}
+    found = warnings(_results(scale=scale, service={"engine": "openvino-cpu-bf16"}))
+    assert found == ["TWO ENGINES: the in-process figures ran on torch-cpu-bf16, the service on openvino-cpu-bf16: they do not compare"]
+    assert warnings(_results(scale={**scale, "engine": "openvino-cpu-bf16"}, service={"engine": "openvino-cpu-bf16"})) == []
+    # A result written before the scale table named its engine: it ran on the torch pipeline.
+    assert in_process_engine({"scale": {"rows": []}, "service_precision": "bf16"}) == "torch bf16"
 
 
 def test_quick_chart_is_a_png(quick_run: dict[str, Path]) -> None:
