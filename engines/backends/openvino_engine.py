@@ -84,9 +84,18 @@ def writable_cache_dir(engine_dir: Path, hint: str) -> Path | None:
 
 
 def convert_module(module: torch.nn.Module, spec: ComponentSpec, dims: ModelDims) -> Any:
-    """A float32 torch module with the spec's inputs -> an in-memory OpenVINO model with dynamic axes."""
+    """A torch module with the spec's (float32) inputs -> an in-memory OpenVINO model with dynamic axes.
+
+    A 16-bit module is traced as it is, the way optimum-intel does: OpenVINO's patch keeps the
+    Linear weights 16-bit (graph constants widened in the graph) and widens the rest in place, so
+    no float32 copy of the whole module is made. It leaves the module patched: convert it last.
+    """
     import openvino as ov
 
+    if any(p.dtype in (torch.float16, torch.bfloat16) for p in module.parameters()):
+        from openvino.frontend.pytorch.patch_model import __make_16bit_traceable as make_16bit_traceable
+
+        make_16bit_traceable(module)
     width, height = trace_size(dims)
     samples = spec.sample_inputs(batch=2, width=width, height=height)
     shapes = [ov.PartialShape([-1 if isinstance(d, str) else d for d in t.shape]) for t in spec.inputs]
