@@ -37,6 +37,7 @@ from engines.core.files import file_sha256, package_version
 from engines.core.golden import GoldenImage, golden_request, self_test_problem
 from engines.core.hardware import GpuInfo, cpu_features, cuda_gpu
 from engines.core.numerics import PRECISION_NAMES, tensorrt_graph
+from engines.core.resident import trim_heap
 from engines.core.specs import COMPILED_COMPONENTS, UNET, VAE_DECODER, VAE_ENCODER, BuildRange, ComponentSpec
 from engines.manifest import MANIFEST_NAME, Artefact, ArtefactKind, ComponentEntry, Manifest, ManifestError, inputs_key
 from engines.models.components import SDXLComponents
@@ -159,6 +160,7 @@ class _Model:
             modules.pop(VAE_ENCODER, None)  # the decoder's release frees the VAE both wrappers hold
         setattr(self.components, "unet" if component == UNET else "vae", None)
         gc.collect()
+        trim_heap()  # else glibc keeps GBs of the freed UNet and the converter for itself
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
