@@ -21,6 +21,21 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
 
 
+def mapped_resident(directory: Path) -> dict[str, int]:
+    """{file under `directory` this process maps: its resident bytes}, from /proc/self/smaps."""
+    prefix, found, current = str(directory.resolve()) + "/", {}, None
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split(maxsplit=5)
+            if "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's header line
+                current = fields[5].rstrip("\n") if len(fields) == 6 and fields[5].startswith(prefix) else None
+                if current is not None:
+                    found.setdefault(current, 0)
+            elif current is not None and fields[0] == "Rss:":
+                found[current] += int(fields[1]) * 1024
+    return found
+
+
 def release_mapped_pages(directory: Path) -> None:
     """Drop this process's resident pages of every read-only mapping of a file under `directory`."""
     prefix = str(directory.resolve()) + "/"
