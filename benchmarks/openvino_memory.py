@@ -9,14 +9,16 @@ CPU plugin expands into f32 or bf16 copies when it compiles, so a mapping kept a
 holds the weights twice.
 
 Ways: `mmap` (the default: read_model maps model.bin), `no-mmap` (ENABLE_MMAP off: read into
-memory, freed after compiling), `cache-cold` and `cache-warm` (CACHE_DIR: the first start writes
-the compiled blob, the second imports it instead of reading the IR; `cache-warm-no-mmap` reads that
-blob into memory instead of mapping it).
+memory), `cache-cold` and `cache-warm` (CACHE_DIR: the first start writes the compiled blob, the
+second imports it instead of reading the IR; `cache-warm-no-mmap` reads that blob into memory
+instead of mapping it). `-released` (what the service does): the inference runs under
+engines.core.resident.releasing_mapped_pages, which drops the mapped pages as the plugin repacks.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import sys
@@ -28,7 +30,7 @@ from typing import Any, Sequence
 from benchmarks.isolation import run_isolated
 from engines.core.specs import UNET
 
-WAYS = ("mmap", "no-mmap", "cache-cold", "cache-warm", "cache-warm-no-mmap")
+WAYS = ("mmap", "mmap-released", "no-mmap", "cache-cold", "cache-warm", "cache-warm-released", "cache-warm-no-mmap")
 FIELDS = ("VmHWM", "VmRSS", "RssAnon", "RssFile")
 
 
@@ -37,25 +39,13 @@ def resident() -> dict[str, int]:
     return {line.split(":")[0]: int(line.split()[1]) * 1024 for line in lines if line.split(":")[0] in FIELDS}
 
 
-def mapped_bytes(*directories: str) -> int:
-    """Resident bytes of the mappings of files under `directories` (the IR's model.bin, a cached
-    blob), from /proc/self/smaps: RssFile alone also counts every shared library."""
-    total, counting = 0, False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        fields = line.split()
-        if fields and "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
-            counting = len(fields) >= 6 and any(fields[5].startswith(d) for d in directories if d)
-        elif counting and fields[0] == "Rss:":
-            total += int(fields[1]) * 1024
-    return total
-
-
 def load_once(engine_dir: Path, way: str, precision: str, cache_dir: str | None) -> dict[str, Any]:
     """In a fresh process: compile the UNet IR `way`, infer once, and report memory and seconds."""
     import openvino as ov
 
     from engines.backends.openvino_engine import OpenVINORunner
     from engines.core.hardware import usable_cpu_count
+    from engines.core.resident import mapped_resident, releasing_mapped_pages
     from engines.manifest import Manifest
 
     manifest = Manifest.read(engine_dir)
@@ -72,9 +62,11 @@ def load_once(engine_dir: Path, way: str, precision: str, cache_dir: str | None)
     runner = OpenVINORunner(core.compile_model(str(path), "CPU", config), spec)
     compile_s = time.perf_counter() - started
     samples = spec.sample_inputs(batch=1, width=512, height=512)
-    runner(*(samples[name] for name in spec.input_names))
+    weights = Path(cache_dir) if cache_dir else engine_dir  # what the compiled model maps
+    with releasing_mapped_pages(weights) if way.endswith("released") else contextlib.nullcontext():
+        runner(*(samples[name] for name in spec.input_names))
     gc.collect()
-    mapped = mapped_bytes(str(engine_dir.resolve()), cache_dir or "")
+    mapped = sum(sum(mapped_resident(Path(d)).values()) for d in {engine_dir, *([cache_dir] if cache_dir else [])})
     return {"way": way, "compile_s": compile_s, **resident(), "ir_mapped": mapped}
 
 

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from engines.base import EngineUnavailable
-from engines.core.files import bytes_sha256, file_sha256, write_atomically
+from engines.core.files import bytes_sha256, remembered_sha256, write_atomically
 from engines.core.hardware import GpuInfo
 from engines.core.specs import COMPILED_COMPONENTS, REQUIRED_COMPONENTS, UNET, VAE_ENCODER, BuildRange, ModelDims
 
 MANIFEST_NAME = "manifest.json"
+VERIFIED_HASHES = ".verified-sha256.json"  # the hashes of files already checked, by identity (files.remembered_sha256)
 FORMAT_VERSION = 1
 # onnx: the float32 graph (ONNX Runtime, and the reference for checks); typed_onnx: the graph in the
 # precision a strongly typed TensorRT plan computes in (the fp16 UNet); plan: a TensorRT engine;
@@ -247,6 +248,6 @@ class Manifest:
         if actual is None:
             if not path.is_file():
                 raise ManifestError(f"{path} is listed in {MANIFEST_NAME} but missing{hint}")
-            actual = file_sha256(path)
+            actual = remembered_sha256(path, directory / VERIFIED_HASHES)
         if actual != expected:
             raise ManifestError(f"{path} does not match {MANIFEST_NAME} (SHA-256 {actual}, expected {expected}): refused{hint}")

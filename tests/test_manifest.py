@@ -10,7 +10,7 @@ import pytest
 
 from engines.core.hardware import GpuInfo
 from engines.core.files import bytes_sha256, file_sha256
-from engines.manifest import MANIFEST_NAME, Manifest, ManifestError, inputs_key
+from engines.manifest import MANIFEST_NAME, VERIFIED_HASHES, Manifest, ManifestError, inputs_key
 from tests.helpers import FAKE_GPU, FAKE_TENSORRT, write_fake_engines
 
 REBUILD = "python build_engines.py --model tiny --out {dir} --batch 1-4 --sizes 512x512,768x768"
@@ -68,6 +68,17 @@ def test_a_changed_onnx_graph_is_refused_with_an_onnx_only_rebuild(engines) -> N
     with pytest.raises(ManifestError, match="vae_decoder/model.onnx does not match") as refused:
         manifest.verify_files(directory, "onnx")
     assert "--onnx-only" in str(refused.value)
+
+
+def test_a_file_changed_after_a_verification_is_refused_all_the_same(engines) -> None:
+    """Verified hashes are remembered by the files' identity: a same-size rewrite is hashed again."""
+    directory, manifest = engines
+    manifest.verify_files(directory, "plan")
+    assert (directory / VERIFIED_HASHES).is_file()
+    plan = directory / "unet.plan"
+    plan.write_bytes(bytes(len(plan.read_bytes())))
+    with pytest.raises(ManifestError, match="unet.plan does not match manifest.json"):
+        manifest.verify_files(directory, "plan")
 
 
 def test_a_missing_file_is_refused(engines) -> None:

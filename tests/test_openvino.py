@@ -13,6 +13,7 @@ import pytest
 from engines import select
 from engines.base import GenerationRequest
 from engines.core.hardware import cpu_has_bf16
+from engines.core.resident import mapped_resident
 from engines.backends.openvino_engine import OpenVINOEngine
 from engines.manifest import Manifest
 from engines.select import EngineRequest, select_engine
@@ -86,6 +87,20 @@ def test_bf16_images_are_the_same_picture(openvino_engines: Path, presets_dir: P
         difference = np.abs(got - expected)
         correlation = np.corrcoef(got.ravel(), expected.ravel())[0, 1]
         assert difference.mean() < 4 and correlation > 0.99, (difference.mean(), correlation)
+
+
+def test_the_engine_keeps_no_page_of_its_weight_files_resident(openvino_engines: Path, presets_dir: Path) -> None:
+    """The compiled models map model.bin (or the cached blob) and repack every weight at the first
+    inference: only the repacked copy stays resident (engines/core/resident.py)."""
+    engine = OpenVINOEngine("tiny", openvino_engines, Manifest.read(openvino_engines), "auto", presets_dir)
+    engine.load()
+    try:
+        engine.generate(REQUESTS[:1])
+        mapped = mapped_resident(openvino_engines)
+    finally:
+        engine.close()
+    assert any(path.endswith((".bin", ".blob")) for path in mapped), mapped
+    assert sum(mapped.values()) == 0, mapped
 
 
 def test_auto_on_a_cpu_prefers_a_matching_openvino_build(openvino_engines: Path, monkeypatch) -> None:

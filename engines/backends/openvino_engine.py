@@ -14,18 +14,19 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from engines.backends.torch_runners import TINY_VAE_NO_IMAGE_TO_IMAGE, TorchVAEDecoder, load_text_side, per_item
-from engines.base import EngineLimits
+from engines.base import EngineLimits, GenerationRequest
 from engines.core.engine import PipelineEngine
 from engines.core.hardware import usable_cpu_count
 from engines.core.modules import VAEDecoderModule
 from engines.core.numerics import choose_numerics, openvino_float_hint, openvino_name, openvino_precision
 from engines.core.pipeline import SDXLTurboPipeline
+from engines.core.resident import releasing_mapped_pages
 from engines.core.specs import UNET, VAE_DECODER, VAE_ENCODER, ComponentSpec, ModelDims, trace_size
 from engines.manifest import Manifest
 
@@ -43,14 +44,16 @@ def openvino_version() -> str | None:
     return str(openvino.get_version())
 
 
-def compile_for_cpu(path: Path | Any, precision: str, cache_dir: Path | None = None, mmap: bool = True) -> Any:
+def compile_for_cpu(path: Path | Any, precision: str, cache_dir: Path | None = None) -> Any:
     """Compile an IR file (or an in-memory model) for this CPU: latency first, every core we may use.
 
     `cache_dir`: OpenVINO's compiled-model cache; the first compile writes a blob there, later ones
     (the same IR, device and config) read it, which skips compiling.
-    `mmap=False`: read the weights file instead of mapping it. Mapped, model.bin (fp16) stays
-    resident for the compiled model's life beside the f32/bf16 copy the plugin made from it
-    (benchmarks/openvino_memory.py measures both); read, it is freed once compiled.
+    The weights file (model.bin, or the cached blob) is mapped, and the compiled model keeps it
+    beside the f32/bf16 copy the plugin makes from it at the first inference: run inferences under
+    `engines.core.resident.releasing_mapped_pages` so that only that copy stays resident. Read
+    instead of mapped (ENABLE_MMAP off), the read copy is kept all the same, and cannot be released
+    (benchmarks/openvino_memory.py measures the ways).
     """
     import openvino as ov
 
@@ -61,10 +64,7 @@ def compile_for_cpu(path: Path | Any, precision: str, cache_dir: Path | None = N
     }
     if cache_dir is not None:
         config["CACHE_DIR"] = str(cache_dir)
-    core = ov.Core()
-    if not mmap:
-        core.set_property({"ENABLE_MMAP": False})
-    return core.compile_model(str(path) if isinstance(path, Path) else path, "CPU", config)
+    return ov.Core().compile_model(str(path) if isinstance(path, Path) else path, "CPU", config)
 
 
 def writable_cache_dir(engine_dir: Path, hint: str) -> Path | None:
@@ -84,9 +84,18 @@ def writable_cache_dir(engine_dir: Path, hint: str) -> Path | None:
 
 
 def convert_module(module: torch.nn.Module, spec: ComponentSpec, dims: ModelDims) -> Any:
-    """A float32 torch module with the spec's inputs -> an in-memory OpenVINO model with dynamic axes."""
+    """A torch module with the spec's (float32) inputs -> an in-memory OpenVINO model with dynamic axes.
+
+    A 16-bit module is traced as it is, the way optimum-intel does: OpenVINO's patch keeps the
+    Linear weights 16-bit (graph constants widened in the graph) and widens the rest in place, so
+    no float32 copy of the whole module is made. It leaves the module patched: convert it last.
+    """
     import openvino as ov
 
+    if any(p.dtype in (torch.float16, torch.bfloat16) for p in module.parameters()):
+        from openvino.frontend.pytorch.patch_model import __make_16bit_traceable as make_16bit_traceable
+
+        make_16bit_traceable(module)
     width, height = trace_size(dims)
     samples = spec.sample_inputs(batch=2, width=width, height=height)
     shapes = [ov.PartialShape([-1 if isinstance(d, str) else d for d in t.shape]) for t in spec.inputs]
@@ -154,13 +163,19 @@ class OpenVINOEngine(PipelineEngine):
 
         def compiled(name: str) -> OpenVINORunner:
             path = self.engine_dir / artefacts[name][1].path
-            return OpenVINORunner(compile_for_cpu(path, self.hint, cache_dir, mmap=False), specs[name])
+            return OpenVINORunner(compile_for_cpu(path, self.hint, cache_dir), specs[name])
 
         vae_decoder = compiled(VAE_DECODER) if side.tiny_vae is None else self._compile_tiny_vae(side.tiny_vae, specs)
         vae_encoder = compiled(VAE_ENCODER) if self.limits.image_to_image else None
         self._pipeline = SDXLTurboPipeline(side.text_encoders, compiled(UNET), vae_decoder, side.config, "cpu", vae_encoder)
         self.info.model_fingerprint = side.fingerprint
         logger.info("loaded OpenVINO IR from %s (%s)", self.engine_dir, self.info.name)
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[np.ndarray]:
+        # Weights are repacked from the mapped IR (or cached blob) at the first inference of a
+        # shape: keep only the repacked copy resident (engines/core/resident.py).
+        with releasing_mapped_pages(self.engine_dir):
+            return super().generate(requests)
 
     def _compile_tiny_vae(self, tiny_vae: TorchVAEDecoder, specs: dict[str, ComponentSpec]) -> OpenVINORunner:
         """--vae tiny: no build made it, so convert the tiny autoencoder here (seconds; it is 1 M

@@ -37,6 +37,7 @@ from engines.core.files import file_sha256, package_version
 from engines.core.golden import GoldenImage, golden_request, self_test_problem
 from engines.core.hardware import GpuInfo, cpu_features, cuda_gpu
 from engines.core.numerics import PRECISION_NAMES, tensorrt_graph
+from engines.core.resident import trim_heap
 from engines.core.specs import COMPILED_COMPONENTS, UNET, VAE_DECODER, VAE_ENCODER, BuildRange, ComponentSpec
 from engines.manifest import MANIFEST_NAME, Artefact, ArtefactKind, ComponentEntry, Manifest, ManifestError, inputs_key
 from engines.models.components import SDXLComponents
@@ -121,16 +122,19 @@ def check_target(onnx_only: bool, target: str = "gpu") -> _Target | None:
 
 
 class _Model:
-    """The torch model, loaded (in float32, on the CPU) only when something must be exported."""
+    """The torch model, loaded (on the CPU) only when something must be exported: in float32 for
+    ONNX; in float16, the precision the IR stores, for OpenVINO (openvino_export.py converts the
+    16-bit UNet as it is: a float32 SDXL UNet is 10 GB)."""
 
     def __init__(self, request: BuildRequest) -> None:
         self.request = request
+        self.dtype = torch.float16 if request.target == "cpu" else torch.float32
 
     @functools.cached_property
     def components(self) -> SDXLComponents:
-        logger.info("loading %s in float32", self.request.model)
+        logger.info("loading %s in %s", self.request.model, str(self.dtype).removeprefix("torch."))
         try:
-            components = load_components(self.request.model, torch.float32, self.request.presets_dir, revision=self.request.revision)
+            components = load_components(self.request.model, self.dtype, self.request.presets_dir, revision=self.request.revision)
         except EngineUnavailable as exc:
             raise BuildError(str(exc)) from exc
         # Nothing is built from the text encoders (3 GB in float32 for SDXL): free them before the
@@ -141,6 +145,9 @@ class _Model:
 
     @functools.cached_property
     def modules(self) -> dict[str, torch.nn.Module]:
+        # The VAE is traced in float32 (diffusers' decoder casts its input to its weights' dtype); it
+        # is 84 M parameters, and the IR stores it in float16 all the same.
+        self.components.vae.float()
         return export_modules(self.components)
 
     def release(self, component: str) -> None:
@@ -153,6 +160,7 @@ class _Model:
             modules.pop(VAE_ENCODER, None)  # the decoder's release frees the VAE both wrappers hold
         setattr(self.components, "unet" if component == UNET else "vae", None)
         gc.collect()
+        trim_heap()  # else glibc keeps GBs of the freed UNet and the converter for itself
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 

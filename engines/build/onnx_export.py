@@ -34,7 +34,7 @@ PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2  # a margin for the graph itself
 
 
 def export_modules(components: SDXLComponents) -> dict[str, torch.nn.Module]:
-    """The modules to export, by component name; they must be float32."""
+    """The modules to export, by component name, with the UNet in the dtype it was loaded in."""
     return {
         UNET: UNetModule(components.unet).eval(),
         VAE_ENCODER: VAEEncoderModule(components.vae).eval(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -19,6 +20,27 @@ def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     update_with_file(digest, path)
     return "sha256:" + digest.hexdigest()
+
+
+def remembered_sha256(path: Path, record: Path) -> str:
+    """`file_sha256(path)`, remembered in the JSON file `record` against the file's identity (inode,
+    size, modification and change times: any write changes the last): a start that finds the same
+    file skips hashing it again (the SDXL UNet's weights take 10 s or more). Hashes every time
+    where `record` cannot be written."""
+    stat = path.stat()
+    identity = [stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+    try:
+        known = json.loads(record.read_text())
+    except (OSError, ValueError):
+        known = {}
+    entry = known.get(str(path.resolve()))
+    if isinstance(entry, list) and entry[:-1] == identity:
+        return str(entry[-1])
+    digest = file_sha256(path)
+    known[str(path.resolve())] = [*identity, digest]
+    with contextlib.suppress(OSError):
+        write_atomically(record, json.dumps(known))
+    return digest
 
 
 def bytes_sha256(data: bytes) -> str:
