@@ -57,11 +57,11 @@ def _export_onnx(module: torch.nn.Module, spec: ComponentSpec, dims: ModelDims, 
 
 
 def _openvino_runner(path: Path, spec: ComponentSpec, precision: str) -> Runner:
-    """As OpenVINOEngine compiles it: the IR read (not mapped), this processor's bf16 or f32."""
+    """As OpenVINOEngine compiles it: the IR mapped, this processor's bf16 or f32."""
     from engines.backends.openvino_engine import OpenVINORunner, compile_for_cpu
     from engines.core.numerics import openvino_precision
 
-    return OpenVINORunner(compile_for_cpu(path, openvino_precision(precision), mmap=False), spec)
+    return OpenVINORunner(compile_for_cpu(path, openvino_precision(precision)), spec)
 
 
 def _onnxruntime_runner(path: Path, spec: ComponentSpec, precision: str) -> Runner:
