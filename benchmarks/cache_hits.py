@@ -1,9 +1,18 @@
-"""Section 4, cache hits: the service answering a repeat, against a bare aiohttp handler with the same bytes.
+"""Section 4, cache hits: each cache tier answering a repeat, against a bare aiohttp handler with the same bytes.
 
-Both servers run as their own processes on loopback and are driven by the same load generator,
-level by level, one after the other; the figure is the ratio (service / bare) of hit latency and of
-requests per second. The service does more per hit (validation, the content key, a diskcache read
-in a thread, headers, an access log line); the ratio says what that costs.
+Each tier is measured in a service process set up so that its hits can come from that tier only:
+- memory: the service the HTTP section ran, with its default flags;
+- disk: `--memory-cache-size 0` over that service's cache directory (the image is already on disk);
+- redis: `--memory-cache-size 0 --cache-size 1` (a disk tier that keeps nothing: diskcache culls
+  each entry as soon as it is written) and `--cache-url` to a redis-server started here. So every
+  hit is a disk miss, a Redis GET and the refill of the disk tier: what a replica pays the first
+  time it is asked for an image another replica made.
+The X-Cache-Tier of every answer is counted: hits that came from another tier than the one measured
+are reported as such, with no figure under the tier's name.
+
+Per tier, the bare server is started with the bytes that tier answers, and at each concurrency
+level both are driven by the same load generator, one after the other. The figures are the ratios
+(service / bare) of requests per second and of p50 latency, checked against issue 14's goals.
 """
 
 from __future__ import annotations
@@ -12,34 +21,50 @@ import asyncio
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from benchmarks.http_load import GENERATE_PATH, client_session, drive
-from benchmarks.launcher import ServerProcess
+from benchmarks.launcher import ServerProcess, running_service
 from benchmarks.plan import Plan
+from benchmarks.redis_server import RedisServer
 
 logger = logging.getLogger(__name__)
+ServiceArgs = Callable[..., list[str]]  # (cache directory, *extra flags) -> the service's flags
+
+# Issue 14's goals. Each holds at every concurrency level, so the worst level decides.
+MEMORY_PER_SECOND = 0.8  # memory-tier hits/s over the bare handler's, at least
+MEMORY_P50 = 1.25  # memory-tier p50 over the bare handler's, at most
+DISK_PER_SECOND = 0.5  # disk-tier hits/s over the bare handler's, at least
+REDIS_OVER_DISK_P50_S = 0.001  # Redis-tier p50 minus disk-tier p50, at most
 
 
 def hit_payload(size: int) -> dict[str, Any]:
     return {"prompt": "benchmark cache hit", "seed": 7, "width": size, "height": size}
 
 
-async def _prime(base_url: str, payload: dict[str, Any]) -> bytes:
-    """Make the image once (a miss), and check that asking again is a hit; returns its bytes."""
+async def _prime(base_url: str, payload: dict[str, Any], tier: str) -> bytes:
+    """Ask twice (the first may make the image) and check the second answer is a hit from `tier`; returns its bytes."""
     async with client_session() as session:
         for _ in range(2):
             async with session.post(base_url + GENERATE_PATH, json=payload) as response:
                 body = await response.read()
                 if response.status != 200:
                     raise RuntimeError(f"the service answered {response.status}: {body[:300]!r}")
-                cache = response.headers.get("X-Cache")
-    if cache != "HIT":
-        raise RuntimeError(f"a repeated request was not a cache hit (X-Cache: {cache})")
+                cache, answered_by = response.headers.get("X-Cache"), response.headers.get("X-Cache-Tier")
+    if (cache, answered_by) != ("HIT", tier):
+        raise RuntimeError(f"a repeated request was not a {tier}-tier hit (X-Cache: {cache}, X-Cache-Tier: {answered_by})")
     return body
 
 
-async def _compare(service_url: str, bare_url: str, payload: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
+def wrong_answers(service: dict[str, Any], tier: str) -> str | None:
+    """Why a level's answers are not all hits from `tier`, in words; None when they are."""
+    expected = {"HIT": service["requests"]}, {tier: service["requests"]}
+    if (service["x_cache"], service["x_cache_tier"]) == expected:
+        return None
+    return f"expected {service['requests']} {tier}-tier hits, got X-Cache {service['x_cache']}, X-Cache-Tier {service['x_cache_tier']}"
+
+
+async def _compare(service_url: str, bare_url: str, payload: dict[str, Any], tier: str, plan: Plan) -> list[dict[str, Any]]:
     rows = []
     async with client_session() as session:
         for url in (service_url, bare_url):
@@ -48,21 +73,96 @@ async def _compare(service_url: str, bare_url: str, payload: dict[str, Any], pla
             service = (await drive(session, service_url, [payload] * plan.hit_requests, concurrency)).summary()
             bare = (await drive(session, bare_url, [payload] * plan.hit_requests, concurrency)).summary()
             row: dict[str, Any] = {"concurrency": concurrency, "service": service, "bare_aiohttp": bare}
-            if "latency_s" in service and "latency_s" in bare:
+            wrong = wrong_answers(service, tier)
+            if wrong:
+                row["wrong_answers"] = wrong
+                logger.error("%s-tier hits at %d: %s", tier, concurrency, wrong)
+            elif "latency_s" in bare:
                 row["p50_ratio"] = service["latency_s"]["p50"] / bare["latency_s"]["p50"]
                 row["per_second_ratio"] = service["per_second"] / bare["per_second"]
+                logger.info("%s-tier hits at %d: service/bare req/s %.2f, p50 %.2fx",
+                            tier, concurrency, row["per_second_ratio"], row["p50_ratio"])
             rows.append(row)
-            logger.info("hits at %d: service/bare p50 %.2fx", concurrency, row.get("p50_ratio", float("nan")))
     return rows
 
 
-def run_cache_hits(service_url: str, plan: Plan) -> dict[str, Any]:
+def run_tier(tier: str, service_url: str, plan: Plan) -> dict[str, Any]:
+    """One tier of the service at `service_url` against the bare handler answering the same bytes."""
     payload = hit_payload(plan.size)
-    body = asyncio.run(_prime(service_url, payload))
+    body = asyncio.run(_prime(service_url, payload, tier))
     with tempfile.TemporaryDirectory(prefix="bench-bare-") as tmp:
         body_file = Path(tmp) / "image.png"
         body_file.write_bytes(body)
         with ServerProcess("benchmarks.bare_server", ["--body", str(body_file)]) as bare:
             bare.wait_ready(timeout=60)
-            rows = asyncio.run(_compare(service_url, bare.base_url, payload, plan))
-    return {"size": plan.size, "image_bytes": len(body), "levels": rows}
+            rows = asyncio.run(_compare(service_url, bare.base_url, payload, tier, plan))
+    return {"tier": tier, "image_bytes": len(body), "levels": rows}
+
+
+def run_lower_tiers(service_args: ServiceArgs, cache_dir: Path, plan: Plan) -> list[dict[str, Any]]:
+    """The disk and Redis tiers, each in a service process of its own (one at a time: one model in memory)."""
+    tiers = []
+    disk_args = service_args(cache_dir, "--memory-cache-size", "0")
+    tiers.append(_measured("disk", lambda: _run_in_process("disk", disk_args, plan)))
+
+    def redis_tier() -> dict[str, Any]:
+        with tempfile.TemporaryDirectory(prefix="bench-redis-") as tmp, RedisServer(Path(tmp)) as redis_server:
+            args = service_args(Path(tmp) / "cache", "--memory-cache-size", "0", "--cache-size", "1",
+                                "--cache-url", redis_server.url)
+            return _run_in_process("redis", args, plan)
+
+    tiers.append(_measured("redis", redis_tier))
+    return tiers
+
+
+def _run_in_process(tier: str, args: list[str], plan: Plan) -> dict[str, Any]:
+    with running_service(args, plan.service_ready_timeout_s) as service:
+        return {**run_tier(tier, service.base_url, plan), "service_args": args}
+
+
+def _measured(tier: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The tier's figures, or what stopped them (the other tiers are measured all the same)."""
+    try:
+        return run()
+    except Exception as exc:
+        logger.exception("the %s tier could not be measured", tier)
+        return {"tier": tier, "error": f"{exc.__class__.__name__}: {exc}"}
+
+
+def measure_memory_tier(service_url: str, plan: Plan) -> dict[str, Any]:
+    return _measured("memory", lambda: run_tier("memory", service_url, plan))
+
+
+# --- against the goals ---------------------------------------------------------------------------------
+
+
+def goals(tiers: list[dict[str, Any]], plan: Plan) -> list[dict[str, Any]]:
+    """Issue 14's goals, each judged on its worst concurrency level; `met` is None where a tier was not
+    measured at every level (an error, or hits from another tier)."""
+    complete: dict[str, list[dict[str, Any]]] = {}
+    for t in tiers:
+        found = {level["concurrency"]: level for level in t.get("levels", []) if "p50_ratio" in level}
+        if all(c in found for c in plan.hit_concurrency):
+            complete[t["tier"]] = [found[c] for c in plan.hit_concurrency]
+
+    def figures(tier: str, figure: str) -> list[float] | None:
+        return [level[figure] for level in complete[tier]] if tier in complete else None
+
+    def p50(level: dict[str, Any]) -> float:
+        return level["service"]["latency_s"]["p50"]
+
+    redis_over_disk = None
+    if "disk" in complete and "redis" in complete:
+        redis_over_disk = [p50(redis) - p50(disk) for redis, disk in zip(complete["redis"], complete["disk"])]
+    rows = [
+        ("memory-tier hits/s / bare", "at least", MEMORY_PER_SECOND, "ratio", figures("memory", "per_second_ratio")),
+        ("memory-tier p50 / bare", "at most", MEMORY_P50, "ratio", figures("memory", "p50_ratio")),
+        ("disk-tier hits/s / bare", "at least", DISK_PER_SECOND, "ratio", figures("disk", "per_second_ratio")),
+        ("Redis-tier p50 - disk-tier p50", "at most", REDIS_OVER_DISK_P50_S, "s", redis_over_disk),
+    ]
+    out = []
+    for figure, kind, bound, unit, values in rows:
+        worst = None if values is None else (min(values) if kind == "at least" else max(values))
+        met = None if worst is None else (worst >= bound if kind == "at least" else worst <= bound)
+        out.append({"figure": figure, "kind": kind, "bound": bound, "unit": unit, "worst": worst, "met": met})
+    return out

@@ -3,8 +3,8 @@
 `QUICK` runs every section on the tiny model in well under a minute (a test runs it). `CPU_FULL`
 fits the full SDXL architecture on a 2-core CPU into about 15 minutes: few repeats, the miss sweep
 cut to concurrency 1 and 2 (the CPU engine makes one image at a time, so latency at concurrency c
-is about c times that at 1 and throughput stays flat), and the scale table cut to 512 and 768
-pixels. `GPU_FULL` measures everything.
+is about c times that at 1 and throughput stays flat), the scale table cut to 512 and 768
+pixels, and the two-replica run on the tiny model. `GPU_FULL` measures everything.
 """
 
 from __future__ import annotations
@@ -43,6 +43,11 @@ class Plan:
     hit_concurrency: tuple[int, ...] = (1, 2, 4, 8)
     hit_requests: int = 200
     hit_warmup_requests: int = 20
+    # Two replicas sharing Redis: this many copies of each of `replica_prompts` new requests, sent at
+    # once, alternately to each; `replica_model` is their model when not the run's.
+    replica_prompts: int = 3
+    replica_copies: int = 8
+    replica_model: str | None = None
     # Scale: end-to-end images over steps (at `size`) and sizes (at 1 step).
     scale_steps: tuple[int, ...] = (1, 2, 4)
     scale_sizes: tuple[int, ...] = (512, 768, 1024)
@@ -84,12 +89,15 @@ CPU_FULL = Plan(
     scale_skipped_sizes=(1024,),
     scale_repeats=2,
     scale_warm_new_sizes=False,
+    replica_model="tiny",
     notes=(
         "cache misses at concurrency 1 and 2 only: the CPU engine makes one image at a time, so latency "
         "at concurrency c is about c times that at 1 and throughput stays flat (4 and 8 would add ~6 minutes)",
         "scale: two runs per cell; 768x768 gets no warm-up run (on this CPU a first decode at a new size "
         "cost the same as the next), so a first-call cost there would show as its max; 1024x1024 is left "
         "out (about 4 minutes of its own)",
+        "two replicas: on the tiny model (torch, fp32), since the suite keeps one full-size model in memory at a "
+        "time (two would need up to 25 GiB here); the figure is a count of engine calls per unique request",
     ),
 )
 

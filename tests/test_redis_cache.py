@@ -4,8 +4,6 @@ processes sharing it. Plus the memory tier's own promises, in process."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,58 +11,21 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-import redis
 
+from benchmarks.redis_server import REDIS_SERVER, RedisServer
 from service.cache_entry import Entry
 from service.redis_tier import LEASE_MS
 from service.tiers import MemoryTier
 from tests.engines import ControlledEngine
-from tests.helpers import ServiceProcess, free_port, generate, metric, request, running_service
+from tests.helpers import ServiceProcess, generate, metric, request, running_service
 
-REDIS_SERVER = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed (make test installs it)")
-
-
-class RedisServer:
-    """redis-server on a loopback port with a temporary directory, nothing persisted; restartable on the same port."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.directory = directory
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-             "--save", "", "--appendonly", "no", "--maxmemory-policy", "allkeys-lru"],
-            stdout=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port)
-        for _ in range(100):
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise TimeoutError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
-            self.process = None
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port)
 
 
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 def service_args(presets_dir: Path, cache_dir: Path, redis_url: str, *extra: str) -> list[str]:
