@@ -68,7 +68,10 @@ def image_body_limit(request: web.Request) -> web.Request:
 
 
 async def read_image_route_body(request: web.Request, read: Callable[[web.Request], Awaitable[T]]) -> T:
-    """`read` on the image routes' larger limit; over it, a 413 that names that limit."""
+    """`read` on the image routes' larger limit; over it, a 413 that names that limit. A body its
+    Content-Length puts within the ordinary limit is read as it is (no copy of the request)."""
+    if request.content_length is not None and request.content_length <= request.client_max_size:
+        return await read(request)
     limit = request.app[SETTINGS].max_image_body_bytes
     try:
         return await read(image_body_limit(request))
@@ -126,8 +129,9 @@ async def within_deadline(request: web.Request, awaitable: Awaitable[T], deadlin
     """Await until the request's deadline; past it, 504, counted as a deadline refusal (shared work
     goes on for its other waiters and may still fill the cache)."""
     try:
-        return await asyncio.wait_for(awaitable, deadline - asyncio.get_running_loop().time())
-    except asyncio.TimeoutError:
+        async with asyncio.timeout_at(deadline):  # not wait_for: on Python 3.11 that makes a task per request
+            return await awaitable
+    except TimeoutError:
         request.app[METRICS].refused("deadline")
         raise DeadlineExceeded("the image was not ready before the request's deadline") from None
 
