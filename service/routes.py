@@ -51,7 +51,8 @@ async def read_json(request: web.Request, deadline: float) -> object:
             f"Content-Type must be application/json, got {request.content_type or 'nothing'}", "Content-Type"
         )
     loop = asyncio.get_running_loop()
-    limit = min(request.app[SETTINGS].body_timeout, deadline - loop.time())
+    # A body that has all arrived (a small one comes with the headers) cannot keep us waiting: no timer.
+    limit = None if request.content.is_eof() else min(request.app[SETTINGS].body_timeout, deadline - loop.time())
     try:
         async with asyncio.timeout(limit):
             raw = await request.read()  # over the size limit: aiohttp raises 413
@@ -158,7 +159,9 @@ async def generate_image(request: web.Request) -> web.Response:
     headers = image_headers(request, job, key, found.truncated)
     if etag_matches(request.headers.get("If-None-Match"), headers["ETag"]):
         return web.Response(status=304, headers=headers)
-    result = await within_deadline(request, images.answer(job, key, deadline, found.cached), deadline)
+    answer = images.answer(job, key, deadline, found.cached)
+    # A hit is answered at once; only a miss waits, within the deadline.
+    result = await (answer if found.cached is not None else within_deadline(request, answer, deadline))
     headers["X-Cache"] = result.cache_status
     if result.tier is not None:
         headers["X-Cache-Tier"] = result.tier
