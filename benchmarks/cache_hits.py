@@ -1,16 +1,19 @@
 """Section 4, cache hits: each cache tier answering a repeat, against a bare aiohttp handler with the same bytes.
 
-Each tier is measured in a service process set up so that its hits can come from that tier only:
+Each row is a service process set up so that its hits can come from one tier only:
 - memory: the service the HTTP section ran, with its default flags;
 - disk: `--memory-cache-size 0` over that service's cache directory (the image is already on disk);
-- redis: `--memory-cache-size 0 --cache-size 1` (a disk tier that keeps nothing: diskcache culls
-  each entry as soon as it is written) and `--cache-url` to a redis-server started here. So every
-  hit is a disk miss, a Redis GET and the refill of the disk tier: what a replica pays the first
-  time it is asked for an image another replica made.
-The X-Cache-Tier of every answer is counted: hits that came from another tier than the one measured
-are reported as such, with no figure under the tier's name.
+- redis: `--memory-cache-size 0`, `--cache-url` to a redis-server started here, and a `--cache-dir`
+  that cannot be created, so the disk tier is bypassed: the Redis read alone, as the rows above
+  measure their tier alone;
+- redis, refilling disk: the same with a working disk tier that keeps nothing (`--cache-size 1`:
+  diskcache culls each entry as soon as it is written), so every hit also writes the image to disk
+  before it is answered, as a replica's first hit of an image another replica made does (plus the
+  cull, which a real refill does not pay).
+The X-Cache-Tier of every answer is counted: hits that came from another tier than the row's are
+reported as such, with no figure under the row's name.
 
-Per tier, the bare server is started with the bytes that tier answers, and at each concurrency
+Per row, the bare server is started with the bytes that row answers, and at each concurrency
 level both are driven by the same load generator, one after the other. The figures are the ratios
 (service / bare) of requests per second and of p50 latency, checked against issue 14's goals.
 """
@@ -18,6 +21,7 @@ level both are driven by the same load generator, one after the other. The figur
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import tempfile
 from pathlib import Path
@@ -64,7 +68,7 @@ def wrong_answers(service: dict[str, Any], tier: str) -> str | None:
     return f"expected {service['requests']} {tier}-tier hits, got X-Cache {service['x_cache']}, X-Cache-Tier {service['x_cache_tier']}"
 
 
-async def _compare(service_url: str, bare_url: str, payload: dict[str, Any], tier: str, plan: Plan) -> list[dict[str, Any]]:
+async def _compare(service_url: str, bare_url: str, payload: dict[str, Any], name: str, tier: str, plan: Plan) -> list[dict[str, Any]]:
     rows = []
     async with client_session() as session:
         for url in (service_url, bare_url):
@@ -76,18 +80,18 @@ async def _compare(service_url: str, bare_url: str, payload: dict[str, Any], tie
             wrong = wrong_answers(service, tier)
             if wrong:
                 row["wrong_answers"] = wrong
-                logger.error("%s-tier hits at %d: %s", tier, concurrency, wrong)
+                logger.error("%s hits at %d: %s", name, concurrency, wrong)
             elif "latency_s" in bare:
                 row["p50_ratio"] = service["latency_s"]["p50"] / bare["latency_s"]["p50"]
                 row["per_second_ratio"] = service["per_second"] / bare["per_second"]
-                logger.info("%s-tier hits at %d: service/bare req/s %.2f, p50 %.2fx",
-                            tier, concurrency, row["per_second_ratio"], row["p50_ratio"])
+                logger.info("%s hits at %d: service/bare req/s %.2f, p50 %.2fx", name, concurrency, row["per_second_ratio"], row["p50_ratio"])
             rows.append(row)
     return rows
 
 
-def run_tier(tier: str, service_url: str, plan: Plan) -> dict[str, Any]:
-    """One tier of the service at `service_url` against the bare handler answering the same bytes."""
+def run_tier(name: str, tier: str, service_url: str, plan: Plan) -> dict[str, Any]:
+    """Hits of the service at `service_url`, which must all come from `tier`, against the bare
+    handler answering the same bytes; `name` labels the row."""
     payload = hit_payload(plan.size)
     body = asyncio.run(_prime(service_url, payload, tier))
     with tempfile.TemporaryDirectory(prefix="bench-bare-") as tmp:
@@ -95,42 +99,48 @@ def run_tier(tier: str, service_url: str, plan: Plan) -> dict[str, Any]:
         body_file.write_bytes(body)
         with ServerProcess("benchmarks.bare_server", ["--body", str(body_file)]) as bare:
             bare.wait_ready(timeout=60)
-            rows = asyncio.run(_compare(service_url, bare.base_url, payload, tier, plan))
-    return {"tier": tier, "image_bytes": len(body), "levels": rows}
-
-
-def run_lower_tiers(service_args: ServiceArgs, cache_dir: Path, plan: Plan) -> list[dict[str, Any]]:
-    """The disk and Redis tiers, each in a service process of its own (one at a time: one model in memory)."""
-    tiers = []
-    disk_args = service_args(cache_dir, "--memory-cache-size", "0")
-    tiers.append(_measured("disk", lambda: _run_in_process("disk", disk_args, plan)))
-
-    def redis_tier() -> dict[str, Any]:
-        with tempfile.TemporaryDirectory(prefix="bench-redis-") as tmp, RedisServer(Path(tmp)) as redis_server:
-            args = service_args(Path(tmp) / "cache", "--memory-cache-size", "0", "--cache-size", "1",
-                                "--cache-url", redis_server.url)
-            return _run_in_process("redis", args, plan)
-
-    tiers.append(_measured("redis", redis_tier))
-    return tiers
-
-
-def _run_in_process(tier: str, args: list[str], plan: Plan) -> dict[str, Any]:
-    with running_service(args, plan.service_ready_timeout_s) as service:
-        return {**run_tier(tier, service.base_url, plan), "service_args": args}
-
-
-def _measured(tier: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """The tier's figures, or what stopped them (the other tiers are measured all the same)."""
-    try:
-        return run()
-    except Exception as exc:
-        logger.exception("the %s tier could not be measured", tier)
-        return {"tier": tier, "error": f"{exc.__class__.__name__}: {exc}"}
+            rows = asyncio.run(_compare(service_url, bare.base_url, payload, name, tier, plan))
+    return {"name": name, "tier": tier, "image_bytes": len(body), "levels": rows}
 
 
 def measure_memory_tier(service_url: str, plan: Plan) -> dict[str, Any]:
-    return _measured("memory", lambda: run_tier("memory", service_url, plan))
+    return _measured("memory", "memory", lambda: run_tier("memory", "memory", service_url, plan))
+
+
+def run_lower_tiers(service_args: ServiceArgs, cache_dir: Path, plan: Plan) -> list[dict[str, Any]]:
+    """The disk and Redis rows, each a service process of its own (one at a time: one model in memory)."""
+    disk_args = service_args(cache_dir, "--memory-cache-size", "0")
+    rows = [_measured("disk", "disk", functools.partial(_run_in_process, "disk", "disk", disk_args, plan))]
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-redis-") as tmp, RedisServer(Path(tmp)) as redis_server:
+            not_a_directory = Path(tmp) / "not-a-directory"
+            not_a_directory.touch()
+            redis_args = ("--memory-cache-size", "0", "--cache-url", redis_server.url)
+            # The first primes Redis with the image; the second finds it there.
+            for name, args in (
+                ("redis", service_args(not_a_directory / "cache", *redis_args)),
+                ("redis, refilling disk", service_args(Path(tmp) / "cache", "--cache-size", "1", *redis_args)),
+            ):
+                rows.append(_measured(name, "redis", functools.partial(_run_in_process, name, "redis", args, plan)))
+    except Exception as exc:  # no redis-server, or it did not start
+        logger.exception("the Redis tier could not be measured")
+        rows += [{"name": name, "tier": "redis", "error": f"{exc.__class__.__name__}: {exc}"}
+                 for name in ("redis", "redis, refilling disk") if name not in {r["name"] for r in rows}]
+    return rows
+
+
+def _run_in_process(name: str, tier: str, args: list[str], plan: Plan) -> dict[str, Any]:
+    with running_service(args, plan.service_ready_timeout_s) as service:
+        return {**run_tier(name, tier, service.base_url, plan), "service_args": args}
+
+
+def _measured(name: str, tier: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The row's figures, or what stopped them (the other rows are measured all the same)."""
+    try:
+        return run()
+    except Exception as exc:
+        logger.exception("%s hits could not be measured", name)
+        return {"name": name, "tier": tier, "error": f"{exc.__class__.__name__}: {exc}"}
 
 
 # --- against the goals ---------------------------------------------------------------------------------
@@ -139,14 +149,14 @@ def measure_memory_tier(service_url: str, plan: Plan) -> dict[str, Any]:
 def goals(tiers: list[dict[str, Any]], plan: Plan) -> list[dict[str, Any]]:
     """Issue 14's goals, each judged on its worst concurrency level; `met` is None where a tier was not
     measured at every level (an error, or hits from another tier)."""
-    complete: dict[str, list[dict[str, Any]]] = {}
+    complete: dict[str, list[dict[str, Any]]] = {}  # by row name
     for t in tiers:
         found = {level["concurrency"]: level for level in t.get("levels", []) if "p50_ratio" in level}
         if all(c in found for c in plan.hit_concurrency):
-            complete[t["tier"]] = [found[c] for c in plan.hit_concurrency]
+            complete[t["name"]] = [found[c] for c in plan.hit_concurrency]
 
-    def figures(tier: str, figure: str) -> list[float] | None:
-        return [level[figure] for level in complete[tier]] if tier in complete else None
+    def figures(name: str, figure: str) -> list[float] | None:
+        return [level[figure] for level in complete[name]] if name in complete else None
 
     def p50(level: dict[str, Any]) -> float:
         return level["service"]["latency_s"]["p50"]

@@ -71,7 +71,7 @@ def _cache_hits(ax: Any, results: dict[str, Any]) -> None:
         points = [(level["concurrency"], level["per_second_ratio"]) for level in tier.get("levels", []) if "per_second_ratio" in level]
         if points:
             concurrency, ratio = zip(*points)
-            ax.plot(concurrency, ratio, marker="o", label=f"{tier['tier']} tier")
+            ax.plot(concurrency, ratio, marker="o", label=tier["name"])
     for goal, tier in ((MEMORY_PER_SECOND, "memory"), (DISK_PER_SECOND, "disk")):
         ax.axhline(goal, color="gray", linestyle="--", linewidth=1)
         ax.text(1, goal, f" {tier} goal", va="bottom", fontsize=7, color="gray")

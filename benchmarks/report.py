@@ -233,35 +233,40 @@ def _cache_hits(results: dict[str, Any]) -> list[str]:
     hits = results.get("cache_hits")
     if not hits:
         return []
-    disk_p50 = {level["concurrency"]: _p50(level["service"]) for t in hits["tiers"] if t["tier"] == "disk"
+    disk_p50 = {level["concurrency"]: _p50(level["service"]) for t in hits["tiers"] if t["name"] == "disk"
                 for level in t.get("levels", []) if "p50_ratio" in level}
     rows = []
-    for tier in hits["tiers"]:
-        if "error" in tier:
-            rows.append([tier["tier"], "–", f"not measured: {tier['error'].splitlines()[0]}"] + ["–"] * 9)
+    for row in hits["tiers"]:
+        if "error" in row:
+            rows.append([row["name"], "–", f"not measured: {row['error'].splitlines()[0]}"] + ["–"] * 9)
             continue
-        for level in tier["levels"]:
+        for level in row["levels"]:
             service, bare = level["service"], level["bare_aiohttp"]
-            answered = ", ".join(f"{name} {count}" for name, count in sorted(service["x_cache_tier"].items())) or "–"
+            answered = ", ".join(f"{tier} {count}" for tier, count in sorted(service["x_cache_tier"].items())) or "–"
             if "wrong_answers" in level:
-                rows.append([tier["tier"], str(level["concurrency"]), str(service["requests"]), answered,
-                             "no figure: not all hits came from this tier"] + ["–"] * 7)
+                rows.append([row["name"], str(level["concurrency"]), str(service["requests"]), answered,
+                             f"no figure: not all were {row['tier']}-tier hits"] + ["–"] * 7)
                 continue
-            over_disk = (_p50(service) - disk_p50[level["concurrency"]]) if tier["tier"] == "redis" and level["concurrency"] in disk_p50 else None
+            over_disk = None
+            if row["tier"] == "redis" and level["concurrency"] in disk_p50:
+                over_disk = _p50(service) - disk_p50[level["concurrency"]]
             rows.append([
-                tier["tier"], str(level["concurrency"]), str(service["requests"]), answered,
+                row["name"], str(level["concurrency"]), str(service["requests"]), answered,
                 fmt_s(_p50(service)), fmt_s(service["latency_s"]["p95"]), _rate(service),
                 fmt_s(_p50(bare)), _rate(bare),
                 f"{level['per_second_ratio']:.2f}", f"{level['p50_ratio']:.2f}x",
                 fmt_s(over_disk) if over_disk is not None else "–",
             ])
-    header = ["tier", "concurrency", "requests", "X-Cache-Tier", "p50", "p95", "req/s", "bare p50", "bare req/s",
+    header = ["hits from", "concurrency", "requests", "X-Cache-Tier", "p50", "p95", "req/s", "bare p50", "bare req/s",
               "req/s / bare", "p50 / bare", "p50 - disk p50"]
     sizes = ", ".join(sorted({fmt_bytes(t["image_bytes"]) for t in hits["tiers"] if "image_bytes" in t}))
     title = f"## Cache hits: each tier against a bare aiohttp handler answering the same bytes ({sizes})"
-    intro = ("Memory: the service as started for the HTTP section; disk: `--memory-cache-size 0`; redis: "
-             "`--memory-cache-size 0` and a disk tier that keeps nothing, so each hit reads Redis and refills the disk tier. "
-             "Every answer's X-Cache-Tier is counted; a level whose hits came from another tier gets no figure.")
+    intro = ("Each row is a service process whose hits can come from one tier only. memory: the service as started for "
+             "the HTTP section; disk: `--memory-cache-size 0`; redis: the memory tier off and the disk tier bypassed "
+             "(a `--cache-dir` that cannot be created), the Redis read alone; redis, refilling disk: the memory tier off and "
+             "a disk tier that keeps nothing (`--cache-size 1`), so each hit also writes the image to disk before answering, "
+             "as a replica's first hit of an image does (plus diskcache culling it at once). Every answer's X-Cache-Tier is "
+             "counted; a level whose hits came from another tier gets no figure.")
     goal_rows = [
         [g["figure"], f"{g['kind']} {_goal_value(g, g['bound'])}", _goal_value(g, g["worst"]),
          {True: "met", False: "**not met**", None: "not measured"}[g["met"]]]

@@ -188,7 +188,7 @@ def _run_service_sections(options: Options, results: dict[str, Any]) -> None:
             results["cache_hits"] = {"size": options.plan.size, "tiers": tiers, "goals": goals(tiers, options.plan)}
             for tier in tiers:
                 if "error" in tier:
-                    results["errors"][f"cache_hits ({tier['tier']})"] = tier["error"]
+                    results["errors"][f"cache_hits ({tier['name']})"] = tier["error"]
 
 
 def _run_main_service(options: Options, results: dict[str, Any], cache_dir: str) -> dict[str, Any] | None:

@@ -71,7 +71,7 @@ def warnings(results: dict[str, Any]) -> list[str]:
     for tier in results.get("cache_hits", {}).get("tiers", []):
         for level in tier.get("levels", []):
             if "wrong_answers" in level:
-                out.append(f"WRONG TIER: {tier['tier']}-tier hits at concurrency {level['concurrency']}: "
+                out.append(f"WRONG TIER: {tier['name']} hits at concurrency {level['concurrency']}: "
                            f"{level['wrong_answers']}; no figure is given for them")
     return out
 
@@ -117,7 +117,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
                 summary[f"{name}_time_over_floor"] = row["time_over_floor"]
     summary["warnings"] = warnings(results)
     cache_hits = results.get("cache_hits", {})
-    memory = next((t for t in cache_hits.get("tiers", []) if t["tier"] == "memory"), {})
+    memory = next((t for t in cache_hits.get("tiers", []) if t["name"] == "memory"), {})
     first = next((level for level in memory.get("levels", []) if "p50_ratio" in level), None)
     if first:
         summary["cache_hit_p50_ratio"] = first["p50_ratio"]
