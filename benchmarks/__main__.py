@@ -1,7 +1,7 @@
 """`python -m benchmarks`: measure the service and its baseline side by side, and report.
 
-    python -m benchmarks --quick                  # every section on the tiny model, under a minute
-    python -m benchmarks --model sdxl-random      # the full architecture (make bench), ~15 min on 2 CPU cores
+    python -m benchmarks --quick                  # every section on the tiny model, a few minutes
+    python -m benchmarks --model sdxl-random      # the full architecture (make bench), ~16 min on 2 CPU cores
     python -m benchmarks --model stabilityai/sdxl-turbo --engine tensorrt   # on a GPU, after make engines
     python -m benchmarks --model sdxl-random --engine-dir DIR --service-precision int8 --sections http   # an int8 build
 
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--service-precision", choices=PRECISIONS,
         help="the service's --precision over HTTP (default: the plan's); int8 needs an int8 build in --engine-dir",
     )
-    parser.add_argument("--quick", action="store_true", help="every section, few repeats, the tiny model: under a minute")
+    parser.add_argument("--quick", action="store_true", help="every section, few repeats, the tiny model: a few minutes")
     parser.add_argument("--out", type=Path, help=f"output directory (default: {RESULTS_DIR}; {SCRATCH_DIR} with --quick)")
     parser.add_argument("--sections", type=sections, default=SECTIONS, help=f"a subset of {','.join(SECTIONS)}")
     parser.add_argument("--presets-dir", type=Path, help="where the tiny preset is saved (the service's default if omitted)")

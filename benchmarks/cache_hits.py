@@ -14,7 +14,7 @@ The X-Cache-Tier of every answer is counted: hits that came from another tier th
 reported as such, with no figure under the row's name.
 
 Per row, the bare server is started with the bytes that row answers, and at each concurrency
-level both are driven by the same load generator, one after the other. The figures are the ratios
+level both are driven by the same load generator, in alternating slices. The figures are the ratios
 (service / bare) of requests per second and of p50 latency, checked against issue 14's goals.
 """
 
@@ -27,13 +27,16 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks.http_load import GENERATE_PATH, client_session, drive
+from benchmarks.http_load import GENERATE_PATH, Level, client_session, drive
 from benchmarks.launcher import ServerProcess, running_service
 from benchmarks.plan import Plan
 from benchmarks.redis_server import RedisServer
 
 logger = logging.getLogger(__name__)
 ServiceArgs = Callable[..., list[str]]  # (cache directory, *extra flags) -> the service's flags
+# Each level alternates service and bare in this many slices, so that a burst of other work on the
+# machine falls on both alike.
+SLICES = 4
 
 # Issue 14's goals. Each holds at every concurrency level, so the worst level decides.
 MEMORY_PER_SECOND = 0.8  # memory-tier hits/s over the bare handler's, at least
@@ -74,8 +77,11 @@ async def _compare(service_url: str, bare_url: str, payload: dict[str, Any], nam
         for url in (service_url, bare_url):
             await drive(session, url, [payload] * plan.hit_warmup_requests, 1)
         for concurrency in plan.hit_concurrency:
-            service = (await drive(session, service_url, [payload] * plan.hit_requests, concurrency)).summary()
-            bare = (await drive(session, bare_url, [payload] * plan.hit_requests, concurrency)).summary()
+            runs: dict[str, list[Level]] = {service_url: [], bare_url: []}
+            for _ in range(SLICES):
+                for url, levels in runs.items():
+                    levels.append(await drive(session, url, [payload] * (plan.hit_requests // SLICES), concurrency))
+            service, bare = (Level.merged(runs[url]).summary() for url in (service_url, bare_url))
             row: dict[str, Any] = {"concurrency": concurrency, "service": service, "bare_aiohttp": bare}
             wrong = wrong_answers(service, tier)
             if wrong:

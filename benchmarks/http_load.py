@@ -47,6 +47,11 @@ class Level:
     outcomes: list[Outcome]
     wall_seconds: float
 
+    @classmethod
+    def merged(cls, levels: list[Level]) -> Level:
+        """Several runs at one concurrency as one: their answers together, their wall times added."""
+        return cls(levels[0].concurrency, [o for level in levels for o in level.outcomes], sum(level.wall_seconds for level in levels))
+
     def summary(self) -> dict[str, Any]:
         ok = [o for o in self.outcomes if o.status == 200]
         latencies = [o.seconds for o in ok]

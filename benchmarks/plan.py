@@ -1,7 +1,8 @@
 """How much to measure: repeat counts and sweeps, chosen per mode so a run fits its time budget.
 
-`QUICK` runs every section on the tiny model in well under a minute (a test runs it). `CPU_FULL`
-fits the full SDXL architecture on a 2-core CPU into about 15 minutes: few repeats, the miss sweep
+`QUICK` runs every section on the tiny model in a few minutes (a test runs it). `CPU_FULL`
+fits the full SDXL architecture on a 2-core CPU into about 16 minutes (the cache tiers start three
+more service processes, about a minute each): few repeats, the miss sweep
 cut to concurrency 1 and 2 (the CPU engine makes one image at a time, so latency at concurrency c
 is about c times that at 1 and throughput stays flat), the scale table cut to 512 and 768
 pixels, and the two-replica run on the tiny model. `GPU_FULL` measures everything.
@@ -84,7 +85,7 @@ CPU_FULL = Plan(
     miss_requests_per_client=1,
     mixed_concurrency=(4,),
     mixed_requests=8,
-    hit_requests=100,
+    hit_requests=400,  # hits cost milliseconds: enough of them that one stall of a busy machine does not decide a ratio
     scale_sizes=(512, 768),
     scale_skipped_sizes=(1024,),
     scale_repeats=2,
