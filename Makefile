@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 # 1 when this machine has an NVIDIA GPU (nvidia-smi lists one), else empty.
 GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-# The shared cache tier's tests start a real Redis server (tests/test_redis_cache.py).
+# The shared cache tier's tests and benchmarks start a real Redis server (benchmarks/redis_server.py).
 REDIS_SERVER := $(shell command -v redis-server)
 
 # nginx for tests/test_load_balancer.py and `nginx -t` in tests/test_deploy_manifests.py (Debian puts it in /usr/sbin).
@@ -90,7 +90,7 @@ ifeq ($(CHROMIUM),)
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
 endif
 
-# redis-server for tests/test_redis_cache.py, from the system's packages (root, as in CI), when it is missing.
+# redis-server for tests/test_redis_cache.py and the benchmarks' Redis tier, from the system's packages (root, as in CI), when it is missing.
 redis:
 ifeq ($(REDIS_SERVER),)
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server
@@ -135,7 +135,7 @@ ifeq ($(GPU),1)
 # The GPU plan: TensorRT plans for sdxl-random (built once), then one run that times the service on
 # TensorRT over HTTP and in process, PyTorch fp16 components and the diffusers fp16 baseline.
 BENCH_ENGINES ?= build/engines-gpu
-bench: gpu-install
+bench: gpu-install redis
 	$(PY_GPU) build_engines.py --model sdxl-random --out $(BENCH_ENGINES)
 	$(PY_GPU) -m benchmarks --model sdxl-random --engine-dir $(BENCH_ENGINES)
 else
@@ -143,13 +143,13 @@ else
 # second run does nothing), the whole suite against the diffusers baseline and the peers (their export
 # of sdxl-random is kept in build/peers), then the tiny VAE over HTTP.
 BENCH_ENGINES ?= build/engines-cpu
-bench: install peers-install
+bench: install peers-install redis
 	$(PY) build_engines.py --model sdxl-random --out $(BENCH_ENGINES) --target cpu
 	$(PY) -m benchmarks --model sdxl-random --engine-dir $(BENCH_ENGINES)
 	$(PY) -m benchmarks --model sdxl-random --engine-dir $(BENCH_ENGINES) --vae tiny --sections http,cache_hits --out benchmarks/results/vae-tiny
 endif
 
-bench-quick: install peers-install
+bench-quick: install peers-install redis
 	$(PY) -m benchmarks --quick
 
 # ---- GPU checks -------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """`python -m benchmarks`: measure the service and its baseline side by side, and report.
 
     python -m benchmarks --quick                  # every section on the tiny model, a few minutes
-    python -m benchmarks --model sdxl-random      # the full architecture (make bench), ~19-22 min on 2 CPU cores, plus the peers
+    python -m benchmarks --model sdxl-random      # the full architecture (make bench), ~22 min on 2 CPU cores, plus the peers
     python -m benchmarks --model stabilityai/sdxl-turbo --engine tensorrt   # on a GPU, after make engines
     python -m benchmarks --model sdxl-random --engine-dir DIR --service-precision int8 --sections http   # an int8 build
     python -m benchmarks --model sdxl-random --sections peers    # the peers alone (make peers-install first)

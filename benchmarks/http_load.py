@@ -37,6 +37,7 @@ class Outcome:
     seconds: float
     status: int
     cache: str
+    tier: str  # X-Cache-Tier: the tier a HIT came from ("" otherwise)
     nbytes: int
 
 
@@ -45,6 +46,11 @@ class Level:
     concurrency: int
     outcomes: list[Outcome]
     wall_seconds: float
+
+    @classmethod
+    def merged(cls, levels: list[Level]) -> Level:
+        """Several runs at one concurrency as one: their answers together, their wall times added."""
+        return cls(levels[0].concurrency, [o for level in levels for o in level.outcomes], sum(level.wall_seconds for level in levels))
 
     def summary(self) -> dict[str, Any]:
         ok = [o for o in self.outcomes if o.status == 200]
@@ -55,6 +61,7 @@ class Level:
             "ok": len(ok),
             "statuses": dict(Counter(o.status for o in self.outcomes)),
             "x_cache": dict(Counter(o.cache for o in ok)),
+            "x_cache_tier": dict(Counter(o.tier for o in ok if o.tier)),
             "wall_seconds": self.wall_seconds,
             "per_second": len(ok) / self.wall_seconds if self.wall_seconds > 0 else None,
         }
@@ -74,7 +81,9 @@ async def drive(session: aiohttp.ClientSession, base_url: str, payloads: list[di
             start = time.perf_counter()
             async with session.post(base_url + GENERATE_PATH, json=payload) as response:
                 body = await response.read()
-            outcomes.append(Outcome(time.perf_counter() - start, response.status, response.headers.get("X-Cache", ""), len(body)))
+            headers = response.headers
+            outcomes.append(Outcome(time.perf_counter() - start, response.status, headers.get("X-Cache", ""),
+                                    headers.get("X-Cache-Tier", ""), len(body)))
 
     start = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(concurrency)))
@@ -126,11 +135,16 @@ class Payloads:
 STAGE_LINE = re.compile(r'^sdxl_stage_seconds_(sum|count)\{stage="([a-z_]+)"\} ([0-9.e+-]+)$', re.M)
 
 
+def scrape(base_url: str) -> str:
+    """The service's /metrics, as Prometheus text."""
+    with urllib.request.urlopen(base_url + "/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
 def served_stage_means(base_url: str) -> dict[str, float]:
     """Mean seconds per stage (text encoders, UNet, VAE, encoding, queue wait, request) as the service
     measured them while it served the run: the components of whatever backend it runs."""
-    with urllib.request.urlopen(base_url + "/metrics", timeout=10) as response:
-        text = response.read().decode()
+    text = scrape(base_url)
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
     for kind, stage, value in STAGE_LINE.findall(text):

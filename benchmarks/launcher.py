@@ -6,6 +6,7 @@ tests (tests/helpers.py), so both start the service the same way.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -16,7 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -127,3 +128,16 @@ class ServiceProcess(ServerProcess):
         self, args: list[str], env: dict[str, str] | None = None, cwd: Path = REPO, command: Sequence[str] | None = None
     ) -> None:
         super().__init__("service", args, env, cwd, ready_path="/readyz", command=command)
+
+
+@contextlib.contextmanager
+def running_service(args: list[str], ready_timeout: float = 180, **kwargs: Any) -> Iterator[ServiceProcess]:
+    """`python -m service ARGS`, ready to serve, for a block; stopped with SIGTERM after it, which must exit 0."""
+    service = ServiceProcess(args, **kwargs)
+    try:
+        service.wait_ready(ready_timeout)
+        yield service
+    finally:
+        code = service.stop()
+    if code != 0:  # reached only when the block itself did not raise
+        raise RuntimeError(f"the service did not exit cleanly ({code}):\n{service.log()[-3000:]}")

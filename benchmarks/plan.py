@@ -6,9 +6,10 @@ included, on the slowest processor here (AVX2 only, everything in fp32): few rep
 sweep cut to concurrency 1 and 2 (the CPU engine makes one image at a time, so latency at
 concurrency c is about c times that at 1 and throughput stays flat), and the scale table cut to
 512 and 768 pixels, one run per cell. Estimated from earlier runs' figures (an estimate, not yet a
-measured run): on that processor the suite takes about 22 minutes (scale 4 when it ran on torch,
+measured run): on that processor the suite takes about 26 minutes (scale 4 when it ran on torch,
 plus about 1 for its own process to load the service's engine and make its warm-up image, compiled
-components 5, torch components 3, the service over HTTP 5, baseline 2) and the tiny-VAE run 3; two
+components 5, torch components 3, the service over HTTP 5, baseline 2, the cache tiers' three more
+service processes about 3, the two-replica run on the tiny model 1) and the tiny-VAE run 3; two
 scale runs per cell would add 4. With AVX-512 BF16 about 19 minutes in all, the peers aside (their
 export once, then one process per peer). `GPU_FULL` measures everything.
 """
@@ -52,6 +53,11 @@ class Plan:
     hit_concurrency: tuple[int, ...] = (1, 2, 4, 8)
     hit_requests: int = 200
     hit_warmup_requests: int = 20
+    # Two replicas sharing Redis: this many copies of each of `replica_prompts` new requests, sent at
+    # once, alternately to each; `replica_model` is their model when not the run's.
+    replica_prompts: int = 3
+    replica_copies: int = 8
+    replica_model: str | None = None
     # Scale: end-to-end images over steps (at `size`) and sizes (at 1 step), on the service's engine in process.
     scale_steps: tuple[int, ...] = (1, 2, 4)
     scale_sizes: tuple[int, ...] = (512, 768, 1024)
@@ -89,11 +95,12 @@ CPU_FULL = Plan(
     miss_requests_per_client=1,
     mixed_concurrency=(4,),
     mixed_requests=8,
-    hit_requests=100,
+    hit_requests=400,  # hits cost milliseconds: enough of them that one stall of a busy machine does not decide a ratio
     scale_sizes=(512, 768),
     scale_skipped_sizes=(1024,),
     scale_repeats=1,
     scale_warm_new_sizes=False,
+    replica_model="tiny",
     notes=(
         "cache misses at concurrency 1 and 2 only: the CPU engine makes one image at a time, so latency "
         "at concurrency c is about c times that at 1 and throughput stays flat (4 and 8 would add ~6 minutes)",
@@ -101,6 +108,8 @@ CPU_FULL = Plan(
         "whole run may take); 768x768 gets no warm-up run (on an AVX-512 CPU a first torch decode at a new "
         "size cost the same as the next; not yet measured on OpenVINO), so a first-call cost there would be "
         "in its figure; 1024x1024 is left out (about 4 minutes of its own)",
+        "two replicas: on the tiny model (torch, fp32), since the suite keeps one full-size model in memory at a "
+        "time (two would need up to 25 GiB here); the figure is a count of engine calls per unique request",
     ),
 )
 

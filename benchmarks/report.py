@@ -52,7 +52,7 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
 def markdown(results: dict[str, Any]) -> str:
     """The whole report: a header on the machine and the command, the summary, then one table per section."""
     out = _header(results) + ["## Summary", ""] + table(["figure", "value"], _summary_rows(results))
-    for section in (_peak, _components, _baseline_and_peers, _http, _cache_hits, _scale):
+    for section in (_peak, _components, _baseline_and_peers, _http, _cache_hits, _replicas, _scale):
         out += section(results)
     if results.get("notes"):
         out += ["## Notes", ""] + [f"- {note}" for note in results["notes"]] + [""]
@@ -117,8 +117,13 @@ def _summary_rows(results: dict[str, Any]) -> list[list[str]]:
             rows.append([label, f"{summary[f'{name}_time_over_floor']:.2f}x"])
     if "cache_hit_p50_ratio" in summary:
         versus = f"service / bare aiohttp (concurrency {summary['cache_hit_concurrency']})"
-        rows.append([f"cache hit p50 latency, {versus}", f"{summary['cache_hit_p50_ratio']:.2f}x"])
-        rows.append([f"cache hits per second, {versus}", f"{summary['cache_hit_per_second_ratio']:.2f}"])
+        rows.append([f"memory-tier hit p50 latency, {versus}", f"{summary['cache_hit_p50_ratio']:.2f}x"])
+        rows.append([f"memory-tier hits per second, {versus}", f"{summary['cache_hit_per_second_ratio']:.2f}"])
+    if "cache_goals" in summary:
+        rows.append(["cache tiers: issue 14's goals met (see Cache hits)", f"{summary['cache_goals_met']} of {summary['cache_goals']}"])
+    if "replicas_images_per_unique_request" in summary:
+        label = "two replicas sharing Redis: images made per unique request (goal: exactly 1)"
+        rows.append([label, f"{summary['replicas_images_per_unique_request']:.2f}"])
     served = [s for s in ("text_encoders", "unet", "vae", "image_encoding") if f"served_{s}_s" in summary]
     if served:
         label = "inside the service, mean per cache miss: " + ", ".join(served)
@@ -258,19 +263,85 @@ def _cache_hits(results: dict[str, Any]) -> list[str]:
     hits = results.get("cache_hits")
     if not hits:
         return []
+    disk_p50 = {level["concurrency"]: _p50(level["service"]) for t in hits["tiers"] if t["name"] == "disk"
+                for level in t.get("levels", []) if "p50_ratio" in level}
     rows = []
-    for level in hits["levels"]:
-        service, bare = level["service"], level["bare_aiohttp"]
-        rows.append([
-            str(level["concurrency"]), str(service["requests"]),
-            fmt_s(service.get("latency_s", {}).get("p50")), fmt_s(bare.get("latency_s", {}).get("p50")),
-            f"{level['p50_ratio']:.2f}x" if "p50_ratio" in level else "–",
-            _rate(service), _rate(bare),
-            f"{level['per_second_ratio']:.2f}" if "per_second_ratio" in level else "–",
-        ])
-    header = ["concurrency", "requests", "service p50", "bare p50", "p50 ratio", "service req/s", "bare req/s", "req/s ratio"]
-    title = f"## Cache hits: the service against a bare aiohttp handler answering the same {fmt_bytes(hits['image_bytes'])}"
-    return [title, ""] + table(header, rows)
+    for row in hits["tiers"]:
+        if "error" in row:
+            rows.append([row["name"], "–", f"not measured: {row['error'].splitlines()[0]}"] + ["–"] * 9)
+            continue
+        for level in row["levels"]:
+            service, bare = level["service"], level["bare_aiohttp"]
+            answered = ", ".join(f"{tier} {count}" for tier, count in sorted(service["x_cache_tier"].items())) or "–"
+            if "wrong_answers" in level:
+                rows.append([row["name"], str(level["concurrency"]), str(service["requests"]), answered,
+                             f"no figure: not all were {row['tier']}-tier hits"] + ["–"] * 7)
+                continue
+            over_disk = None
+            if row["tier"] == "redis" and level["concurrency"] in disk_p50:
+                over_disk = _p50(service) - disk_p50[level["concurrency"]]
+            rows.append([
+                row["name"], str(level["concurrency"]), str(service["requests"]), answered,
+                fmt_s(_p50(service)), fmt_s(service["latency_s"]["p95"]), _rate(service),
+                fmt_s(_p50(bare)), _rate(bare),
+                f"{level['per_second_ratio']:.2f}", f"{level['p50_ratio']:.2f}x",
+                fmt_s(over_disk) if over_disk is not None else "–",
+            ])
+    header = ["hits from", "concurrency", "requests", "X-Cache-Tier", "p50", "p95", "req/s", "bare p50", "bare req/s",
+              "req/s / bare", "p50 / bare", "p50 - disk p50"]
+    sizes = ", ".join(sorted({fmt_bytes(t["image_bytes"]) for t in hits["tiers"] if "image_bytes" in t}))
+    title = f"## Cache hits: each tier against a bare aiohttp handler answering the same bytes ({sizes})"
+    intro = ("Each row is a service process whose hits can come from one tier only. memory: the service as started for "
+             "the HTTP section; disk: `--memory-cache-size 0`; redis: the memory tier off and the disk tier bypassed "
+             "(a `--cache-dir` that cannot be created), the Redis read alone; redis, refilling disk: the memory tier off and "
+             "a disk tier that keeps nothing (`--cache-size 1`), so each hit also writes the image to disk before answering, "
+             "as a replica's first hit of an image does (plus diskcache culling it at once). Every answer's X-Cache-Tier is "
+             "counted; a level whose hits came from another tier gets no figure.")
+    goal_rows = [
+        [g["figure"], f"{g['kind']} {_goal_value(g, g['bound'])}", _goal_value(g, g["worst"]),
+         {True: "met", False: "**not met**", None: "not measured"}[g["met"]]]
+        for g in hits["goals"]
+    ]
+    goals = ["Issue 14's goals, each at every concurrency level (the worst level shown):", ""]
+    goals += table(["figure", "goal", "worst level", ""], goal_rows)
+    return [title, "", intro, ""] + table(header, rows) + goals
+
+
+def _replicas(results: dict[str, Any]) -> list[str]:
+    replicas = results.get("replicas")
+    if not replicas:
+        return []
+    rows = [
+        [f"replica {i + 1}", str(r["requests"]), ", ".join(f"{k} {v}" for k, v in sorted(r["x_cache"].items())),
+         f"{r['calls']:.0f}", f"{r['images']:.0f}"]
+        for i, r in enumerate(replicas["per_replica"])
+    ]
+    rows.append(["both", str(replicas["requests"]), ", ".join(f"{k} {v}" for k, v in sorted(replicas["x_cache"].items())),
+                 f"{replicas['engine_calls']:.0f}", f"{replicas['images_made']:.0f}"])
+    verdict = "met" if replicas["met"] else "**not met**"
+    return [
+        f"## Two replicas sharing Redis (`{replicas['model']}`)",
+        "",
+        f"{replicas['unique_requests']} new requests, {replicas['requests'] // replicas['unique_requests']} identical "
+        f"copies of each sent at once, alternately to each of {replicas['replicas']} service processes sharing one "
+        f"redis-server; {replicas['ok']}/{replicas['requests']} answered 200. Engine calls and images made are the "
+        "replicas' own counters (/metrics).",
+        "",
+        *table(["", "requests", "X-Cache", "engine calls", "images made"], rows),
+        f"Images made per unique request: **{replicas['images_per_unique_request']:.2f}** (engine calls "
+        f"{replicas['engine_calls_per_unique_request']:.2f}); goal exactly 1, all answered: {verdict}.",
+        "",
+    ]
+
+
+def _p50(level: dict[str, Any]) -> float | None:
+    return level.get("latency_s", {}).get("p50")
+
+
+def _goal_value(goal: dict[str, Any], value: float | None) -> str:
+    if value is None:
+        return "–"
+    return fmt_s(value) if goal["unit"] == "s" else f"{value:.2f}"
 
 
 def _scale(results: dict[str, Any]) -> list[str]:

@@ -1,16 +1,19 @@
 """One run of the suite: the machine's peak, then one process per precision, then the service over
-HTTP, then the scale table on the service's engine in process, then the peers (one process each,
-benchmarks/peers.py).
+HTTP, its cache tiers, two replicas sharing Redis, then the scale table on the service's engine in
+process, then the peers (one process each, benchmarks/peers.py).
 
 Memory rule: at most one model is in memory at a time. Each precision's model is loaded in its own
 spawned process (components and baseline share it); the service, a process of its own, starts only
-after the last of them has ended, and the scale table's process (the service's engine, built as the
-service builds it) only after the service has stopped: after, so that the service's start is timed
-as it would have been without it (an OpenVINO engine fills its compiled-model cache on a start).
+after the last of them has ended, and so does each service process of the lower cache tiers; the
+scale table's process (the service's engine, built as the service builds it) only after the service
+has stopped: after, so that the service's start is timed as it would have been without it (an
+OpenVINO engine fills its compiled-model cache on a start). The two-replica run is the exception,
+two processes at once: on a CPU it runs the tiny model (the plan's `replica_model`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -25,7 +28,7 @@ from typing import Any
 import torch
 
 from benchmarks.baseline import baseline_precision
-from benchmarks.cache_hits import run_cache_hits
+from benchmarks.cache_hits import goals, measure_memory_tier, run_lower_tiers
 from benchmarks.components import PRECISION_NAMES, backend_plan
 from benchmarks.http_load import run_http, served_stage_means
 from benchmarks.isolation import run_isolated
@@ -33,6 +36,7 @@ from benchmarks.launcher import ServiceProcess
 from benchmarks.machine import device_precisions, load_average, machine_facts, machine_label
 from benchmarks.peers import PEERS_PYTHON, PeerJob, run_peers
 from benchmarks.plan import Plan
+from benchmarks.replicas import run_replicas
 from benchmarks.scale import measure_served_scale
 from benchmarks.summary import summarize
 from benchmarks.workers import PrecisionJob, run_precision_job
@@ -40,7 +44,7 @@ from engines.core.hardware import cpu_has_bf16, usable_cpu_count
 from engines.core.numerics import choose_numerics
 
 logger = logging.getLogger(__name__)
-SECTIONS = ("components", "baseline", "http", "cache_hits", "scale", "peers")
+SECTIONS = ("components", "baseline", "http", "cache_hits", "replicas", "scale", "peers")
 PROCESS_FACTS = ("precision", "numerics", "model_fingerprint", "load_seconds", "peak_rss_bytes", "load_average_at_end")
 
 
@@ -89,6 +93,9 @@ def run_suite(options: Options) -> dict[str, Any]:
     _run_model_sections(options, results, service_precision)
     if {"http", "cache_hits"} & set(options.sections):
         _run_service_sections(options, results)
+    if "replicas" in options.sections:
+        replica_args = functools.partial(_service_args, options, model=options.plan.replica_model)
+        _section(results, "replicas", lambda: run_replicas(replica_args, options.plan))
     if "scale" in options.sections:
         _run_scale(options, results)
     if "peers" in options.sections:
@@ -158,57 +165,77 @@ def _run_model_sections(options: Options, results: dict[str, Any], service_preci
     results["flops"], results["traffic"] = known["flops"], known["traffic"]
 
 
-def _service_args(options: Options) -> list[str]:
-    """`python -m service`'s arguments in this run (its --cache-dir aside): the HTTP sections' service
-    and the scale table's engine are both built from them."""
+def _service_args(options: Options, cache_dir: Path | str | None, *extra: str, model: str | None = None) -> list[str]:
+    """`python -m service`'s flags in this run: the HTTP sections' services and the scale table's engine
+    are all built from them (the scale table's without a cache). `model`, when not the run's, is served
+    by torch in fp32, which runs any model (the run's --engine-dir and precision belong to the run's model)."""
+    other = model is not None and model != options.model
     args = [
-        "--model", options.model,
-        "--engine", options.engine,
+        "--model", model if other else options.model,
+        "--engine", "torch" if other else options.engine,
         "--engine-dir", str(options.engine_dir),
         "--vae", options.vae,
         "--device", options.device,
-        "--precision", options.service_precision or options.plan.precision,
+        "--precision", "fp32" if other else options.service_precision or options.plan.precision,
         # Latency is the figure: no request may time out or be refused while the sweep waits its turn.
         "--request-timeout", "86400",
         "--max-queue", "1000",
+        *extra,
     ]
+    if cache_dir is not None:
+        args += ["--cache-dir", str(cache_dir)]
     if options.presets_dir:
         args += ["--presets-dir", str(options.presets_dir)]
     return args
 
 
 def _run_service_sections(options: Options, results: dict[str, Any]) -> None:
-    """Start the service as a user would (fresh cache), time it to /readyz, then the HTTP and cache-hit sections."""
+    """Start the service as a user would (fresh cache), time it to /readyz, then the HTTP section and
+    its memory-tier hits; then the lower tiers, each in a process of its own over the same cache."""
     with tempfile.TemporaryDirectory(prefix="bench-cache-") as cache_dir:
-        args = _service_args(options) + ["--cache-dir", cache_dir]
-        service = ServiceProcess(args)
-        info: dict[str, Any] = {"args": args, "env": {k: v for k, v in os.environ.items() if k.startswith("SDXL_")}}
-        results["service"] = info
-        try:
-            info["seconds_to_ready"] = service.wait_ready(options.plan.service_ready_timeout_s)
-            with urllib.request.urlopen(service.base_url + "/readyz", timeout=10) as response:
-                readyz = json.loads(response.read())
-            info["engine"], info["engine_reason"] = readyz.get("engine"), readyz.get("engine_reason")
-            if "http" in options.sections:
-                _section(results, "http", lambda: run_http(service.base_url, options.plan))
-                info["stages_s"] = served_stage_means(service.base_url)
-            if "cache_hits" in options.sections:
-                _section(results, "cache_hits", lambda: run_cache_hits(service.base_url, options.plan))
-            info["peak_rss_bytes"] = service.peak_rss_bytes()
-            info["memory_at_end_bytes"] = service.memory_bytes()
-            info["load_average_at_end"] = load_average()
-        except Exception as exc:
-            logger.exception("the service could not be measured")
-            results["errors"]["service"] = f"{exc.__class__.__name__}: {exc}"
-        finally:
-            info["exit_code"] = service.stop()
-            if info["exit_code"] != 0:
-                results["errors"]["service exit"] = f"exit code {info['exit_code']}; log tail:\n{service.log()[-2000:]}"
+        memory = _run_main_service(options, results, cache_dir)
+        if memory is not None:
+            tiers = [memory, *run_lower_tiers(functools.partial(_service_args, options), Path(cache_dir), options.plan)]
+            results["cache_hits"] = {"size": options.plan.size, "tiers": tiers, "goals": goals(tiers, options.plan)}
+            for tier in tiers:
+                if "error" in tier:
+                    results["errors"][f"cache_hits ({tier['name']})"] = tier["error"]
+
+
+def _run_main_service(options: Options, results: dict[str, Any], cache_dir: str) -> dict[str, Any] | None:
+    """The HTTP section and the memory tier's hits on the service as a user starts it; returns the
+    memory tier's figures (None when the cache-hit section is not asked for, or the service failed)."""
+    args = _service_args(options, cache_dir)
+    service = ServiceProcess(args)
+    info: dict[str, Any] = {"args": args, "env": {k: v for k, v in os.environ.items() if k.startswith("SDXL_")}}
+    results["service"] = info
+    memory = None
+    try:
+        info["seconds_to_ready"] = service.wait_ready(options.plan.service_ready_timeout_s)
+        with urllib.request.urlopen(service.base_url + "/readyz", timeout=10) as response:
+            readyz = json.loads(response.read())
+        info["engine"], info["engine_reason"] = readyz.get("engine"), readyz.get("engine_reason")
+        if "http" in options.sections:
+            _section(results, "http", lambda: run_http(service.base_url, options.plan))
+            info["stages_s"] = served_stage_means(service.base_url)
+        if "cache_hits" in options.sections:
+            memory = measure_memory_tier(service.base_url, options.plan)
+        info["peak_rss_bytes"] = service.peak_rss_bytes()
+        info["memory_at_end_bytes"] = service.memory_bytes()
+        info["load_average_at_end"] = load_average()
+    except Exception as exc:
+        logger.exception("the service could not be measured")
+        results["errors"]["service"] = f"{exc.__class__.__name__}: {exc}"
+    finally:
+        info["exit_code"] = service.stop()
+        if info["exit_code"] != 0:
+            results["errors"]["service exit"] = f"exit code {info['exit_code']}; log tail:\n{service.log()[-2000:]}"
+    return memory
 
 
 def _run_scale(options: Options, results: dict[str, Any]) -> None:
     """The scale table in a process of its own, on the engine the service serves with."""
-    _section(results, "scale", lambda: run_isolated(measure_served_scale, _service_args(options), options.plan, options.log_level))
+    _section(results, "scale", lambda: run_isolated(measure_served_scale, _service_args(options, None), options.plan, options.log_level))
     if "scale" in results:
         results.setdefault("processes", []).append(results["scale"].pop("process"))
 

@@ -1,5 +1,5 @@
 """The headline figures of a run, derived from its raw measurements: ours against the baseline,
-fraction of peak, the cache-hit ratio. The JSON holds both; the Markdown and the chart read both.
+fraction of peak, the memory-tier hit ratio, the cache goals. The JSON holds both; the Markdown and the chart read both.
 """
 
 from __future__ import annotations
@@ -77,6 +77,11 @@ def warnings(results: dict[str, Any]) -> list[str]:
     if served and results.get("scale") and in_process_engine(results) != served:
         out.append(f"TWO ENGINES: the in-process figures ran on {in_process_engine(results)}, the service on {served}: they do not compare")
     out += [f"PEER NOT MEASURED: {row['name']}: {row['not_measured']}" for row in peer_rows(results) if "not_measured" in row]
+    for tier in results.get("cache_hits", {}).get("tiers", []):
+        for level in tier.get("levels", []):
+            if "wrong_answers" in level:
+                out.append(f"WRONG TIER: {tier['name']} hits at concurrency {level['concurrency']}: "
+                           f"{level['wrong_answers']}; no figure is given for them")
     return out
 
 
@@ -141,12 +146,18 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             if "time_over_floor" in row:
                 summary[f"{name}_time_over_floor"] = row["time_over_floor"]
     summary["warnings"] = warnings(results)
-    hits = results.get("cache_hits", {}).get("levels", [])
-    first = hits[0] if hits else None
-    if first and "p50_ratio" in first:
+    cache_hits = results.get("cache_hits", {})
+    memory = next((t for t in cache_hits.get("tiers", []) if t["name"] == "memory"), {})
+    first = next((level for level in memory.get("levels", []) if "p50_ratio" in level), None)
+    if first:
         summary["cache_hit_p50_ratio"] = first["p50_ratio"]
         summary["cache_hit_per_second_ratio"] = first["per_second_ratio"]
         summary["cache_hit_concurrency"] = first["concurrency"]
+    if cache_hits.get("goals"):
+        summary["cache_goals_met"] = sum(goal["met"] is True for goal in cache_hits["goals"])
+        summary["cache_goals"] = len(cache_hits["goals"])
+    if "replicas" in results:
+        summary["replicas_images_per_unique_request"] = results["replicas"]["images_per_unique_request"]
     service = results.get("service", {})
     if service.get("engine"):
         summary["service_engine"] = service["engine"]

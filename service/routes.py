@@ -51,7 +51,8 @@ async def read_json(request: web.Request, deadline: float) -> object:
             f"Content-Type must be application/json, got {request.content_type or 'nothing'}", "Content-Type"
         )
     loop = asyncio.get_running_loop()
-    limit = min(request.app[SETTINGS].body_timeout, deadline - loop.time())
+    # A body that has all arrived (a small one comes with the headers) cannot keep us waiting: no timer.
+    limit = None if request.content.is_eof() else min(request.app[SETTINGS].body_timeout, deadline - loop.time())
     try:
         async with asyncio.timeout(limit):
             raw = await request.read()  # over the size limit: aiohttp raises 413
@@ -68,7 +69,10 @@ def image_body_limit(request: web.Request) -> web.Request:
 
 
 async def read_image_route_body(request: web.Request, read: Callable[[web.Request], Awaitable[T]]) -> T:
-    """`read` on the image routes' larger limit; over it, a 413 that names that limit."""
+    """`read` on the image routes' larger limit; over it, a 413 that names that limit. A body its
+    Content-Length puts within the ordinary limit is read as it is (no copy of the request)."""
+    if request.content_length is not None and request.content_length <= request.client_max_size:
+        return await read(request)
     limit = request.app[SETTINGS].max_image_body_bytes
     try:
         return await read(image_body_limit(request))
@@ -126,8 +130,9 @@ async def within_deadline(request: web.Request, awaitable: Awaitable[T], deadlin
     """Await until the request's deadline; past it, 504, counted as a deadline refusal (shared work
     goes on for its other waiters and may still fill the cache)."""
     try:
-        return await asyncio.wait_for(awaitable, deadline - asyncio.get_running_loop().time())
-    except asyncio.TimeoutError:
+        async with asyncio.timeout_at(deadline):  # not wait_for: on Python 3.11 that makes a task per request
+            return await awaitable
+    except TimeoutError:
         request.app[METRICS].refused("deadline")
         raise DeadlineExceeded("the image was not ready before the request's deadline") from None
 
@@ -154,7 +159,9 @@ async def generate_image(request: web.Request) -> web.Response:
     headers = image_headers(request, job, key, found.truncated)
     if etag_matches(request.headers.get("If-None-Match"), headers["ETag"]):
         return web.Response(status=304, headers=headers)
-    result = await within_deadline(request, images.answer(job, key, deadline, found.cached), deadline)
+    answer = images.answer(job, key, deadline, found.cached)
+    # A hit is answered at once; only a miss waits, within the deadline.
+    result = await (answer if found.cached is not None else within_deadline(request, answer, deadline))
     headers["X-Cache"] = result.cache_status
     if result.tier is not None:
         headers["X-Cache-Tier"] = result.tier

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 from PIL import Image
 
 # The launcher is shared with the benchmarks, so both start the service the same way.
-from benchmarks.launcher import REPO, ServiceProcess, free_port  # noqa: F401 (re-exported for tests)
+from benchmarks.launcher import REPO, ServiceProcess, free_port, running_service  # noqa: F401 (re-exported for tests)
 
 EXAMPLE_PROMPT = "A cinematic shot a 3 maneki neko in South America."
 
@@ -125,18 +125,6 @@ def write_fake_engines(directory: Path, model: str = "tiny", with_plans: bool = 
         manifest.components[name] = ComponentEntry(artefact(f"{name}/model.onnx"), plan)
     manifest.write(directory)
     return manifest
-
-
-@contextlib.contextmanager
-def running_service(args: list[str], **kwargs: Any) -> Iterator[ServiceProcess]:
-    """`python -m service ARGS`, ready to serve; stopped with SIGTERM afterwards, which must exit 0."""
-    service = ServiceProcess(args, **kwargs)
-    try:
-        service.wait_ready()
-        yield service
-    finally:
-        code = service.stop()
-        assert code == 0, f"the service did not exit cleanly ({code}):\n{service.log()}"
 
 
 def pixel_difference(image: Any, reference: Any) -> tuple[int, float]:

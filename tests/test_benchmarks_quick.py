@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +14,13 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.cache_hits import goals, wrong_answers
 from benchmarks.components import count_flops
 from benchmarks.machine import machine_label
 from benchmarks.peak import summarize_peak
 from benchmarks.peers import CHECK_LIMIT, RUNS, peer_name
+from benchmarks.plan import QUICK
+from benchmarks.redis_server import REDIS_SERVER
 from benchmarks.scale import linearity_notes
 from benchmarks.summary import in_process_engine, peak_is_wrong, warnings
 from tests.helpers import REPO
@@ -28,6 +32,7 @@ SECTION_HEADINGS = (
     "## Baseline and peers",
     "## End to end over HTTP",
     "## Cache hits",
+    "## Two replicas sharing Redis",
     "## Scale",
 )
 
@@ -46,6 +51,8 @@ def run_quick(out: Path, presets_dir: Path, *args: str) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory, presets_dir: Path) -> dict[str, Path]:
     """A run as in a fresh clone: no build in --engine-dir, so the service serves with torch."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed (make test installs it): the Redis tier and two replicas need it")
     no_build, peers = tmp_path_factory.mktemp("no-engines"), tmp_path_factory.mktemp("peers")
     files = run_quick(tmp_path_factory.mktemp("bench"), presets_dir, "--engine-dir", str(no_build), "--peers-dir", str(peers))
     return {**files, "peers": peers}
@@ -88,11 +95,27 @@ def test_quick_json_has_every_section(quick_run: dict[str, Path]) -> None:
     for level in results["http"]["mixed"]:
         assert level["x_cache"].get("HIT", 0) == round(results["plan"]["mixed_requests"] * results["plan"]["mixed_hit_share"])
 
-    hits = results["cache_hits"]["levels"]
-    assert [level["concurrency"] for level in hits] == [1, 2, 4, 8]
-    for level in hits:
-        assert level["service"]["x_cache"] == {"HIT": results["plan"]["hit_requests"]}
-        assert level["p50_ratio"] > 0 and level["bare_aiohttp"]["ok"] == results["plan"]["hit_requests"]
+    tiers = results["cache_hits"]["tiers"]
+    assert [(t["name"], t["tier"]) for t in tiers] == [
+        ("memory", "memory"), ("disk", "disk"), ("redis", "redis"), ("redis, refilling disk", "redis")]
+    for tier in tiers:  # every hit came from the tier its row is about
+        assert [level["concurrency"] for level in tier["levels"]] == [1, 2, 4, 8]
+        for level in tier["levels"]:
+            requests = results["plan"]["hit_requests"]
+            assert level["service"]["x_cache"] == {"HIT": requests}
+            assert level["service"]["x_cache_tier"] == {tier["tier"]: requests}
+            assert "wrong_answers" not in level and level["bare_aiohttp"]["ok"] == requests
+            assert level["p50_ratio"] > 0 and level["per_second_ratio"] > 0
+    for tier in tiers[2:]:
+        args = tier["service_args"]
+        assert args[args.index("--memory-cache-size") + 1] == "0" and "--cache-url" in args
+    assert [g["met"] is not None for g in results["cache_hits"]["goals"]] == [True] * 4
+
+    replicas = results["replicas"]
+    assert replicas["ok"] == replicas["requests"] == QUICK.replica_prompts * QUICK.replica_copies
+    assert replicas["images_per_unique_request"] == replicas["engine_calls_per_unique_request"] == 1.0
+    assert replicas["met"] and replicas["x_cache"].get("MISS") == QUICK.replica_prompts
+    assert all(r["requests"] == replicas["requests"] // 2 for r in replicas["per_replica"])
 
     assert {(r["steps"], r["size"]) for r in results["scale"]["rows"]} == {(1, 256), (2, 256), (4, 256), (1, 384)}
     # Without a build the service serves with torch, and the in-process figures are that same engine.
@@ -101,7 +124,8 @@ def test_quick_json_has_every_section(quick_run: dict[str, Path]) -> None:
     assert any(p.get("sections") == ["scale"] and p["peak_rss_bytes"] > 0 for p in results["processes"])
     summary = results["summary"]
     for key in ("baseline_s", "ours_http_s", "ours_http_over_baseline", "unet_fraction_of_peak",
-                "vae_fraction_of_peak", "cache_hit_p50_ratio", "service_seconds_to_ready", "service_peak_rss_bytes"):
+                "vae_fraction_of_peak", "cache_hit_p50_ratio", "service_seconds_to_ready", "service_peak_rss_bytes",
+                "cache_goals_met", "replicas_images_per_unique_request"):
         assert key in summary, key
     assert summary["service_peak_rss_bytes"] > 50 * 2**20  # the service holds torch and a model
     assert summary["served_unet_s"] > 0 and summary["served_vae_s"] > 0  # the service's own /metrics
@@ -148,6 +172,12 @@ def test_quick_markdown_has_every_table(quick_run: dict[str, Path]) -> None:
     assert "| fastest peer: " in text and "| ours over HTTP / fastest peer |" in text and "| ours in process / fastest peer |" in text
     assert "our time per image in process (torch-cpu-fp32, 256x256, 1 step, no HTTP)" in text
     assert "## Scale (in process, torch-cpu-fp32)" in text and "TWO ENGINES" not in text
+    rows = (("memory", "memory"), ("disk", "disk"), ("redis", "redis"), ("redis, refilling disk", "redis"))
+    for name, tier in rows:  # a row per tier and level, with the tier its hits came from
+        for concurrency in (1, 2, 4, 8):
+            assert f"| {name} | {concurrency} | 100 | {tier} 100 |" in text, (name, concurrency)
+    assert "| memory-tier hits/s / bare | at least 0.80 |" in text and "| Redis-tier p50 - disk-tier p50 | at most 1 ms |" in text
+    assert "Images made per unique request: **1.00**" in text
     assert "## Errors" not in text and "PEER NOT MEASURED" not in text
 
 
@@ -259,3 +289,21 @@ def test_a_component_above_the_peak_marks_the_peak_wrong() -> None:
     above_nominal = _results()
     above_nominal["peak"]["fp32"]["nominal"]["gflops"] = 10.0
     assert "exceeds the nominal" in peak_is_wrong(above_nominal)[0]
+
+
+def test_hits_from_another_tier_get_no_figure_and_a_warning() -> None:
+    def level(tier: str, concurrency: int, answered: dict) -> dict:
+        service = {"requests": 4, "x_cache": {"HIT": 4}, "x_cache_tier": answered, "latency_s": {"p50": 0.001}}
+        wrong = wrong_answers(service, tier)
+        figures = {"wrong_answers": wrong} if wrong else {"p50_ratio": 1.0, "per_second_ratio": 1.0}
+        return {"concurrency": concurrency, "service": service, **figures}
+
+    mixed = level("redis", 2, {"redis": 1, "disk": 3})
+    assert "disk" in mixed["wrong_answers"] and "p50_ratio" not in mixed
+    tiers = [{"name": "disk", "tier": "disk", "levels": [level("disk", c, {"disk": 4}) for c in (1, 2)]},
+             {"name": "redis", "tier": "redis", "levels": [level("redis", 1, {"redis": 4}), mixed]}]
+    judged = {g["figure"]: g["met"] for g in goals(tiers, replace(QUICK, hit_concurrency=(1, 2)))}
+    assert judged["disk-tier hits/s / bare"] is True
+    assert judged["Redis-tier p50 - disk-tier p50"] is None and judged["memory-tier hits/s / bare"] is None  # no verdict without figures
+    found = warnings(_results(cache_hits={"tiers": tiers}))
+    assert [w for w in found if w.startswith("WRONG TIER: redis hits at concurrency 2") and "disk" in w]

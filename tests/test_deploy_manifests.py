@@ -22,7 +22,7 @@ from tests.dockerfile_stages import Dockerfile, exec_form, read_dockerfile
 from tests.engines import ControlledEngine
 from tests.helpers import REPO
 from tests.nginx_server import NGINX, SITE, local_site, nginx_command, write_config
-from tests.redis_server import REDIS_SERVER, RedisServer
+from benchmarks.redis_server import REDIS_SERVER, RedisServer
 
 DEPLOY = REPO / "deploy"
 KUBERNETES = DEPLOY / "kubernetes.yaml"

@@ -12,7 +12,7 @@ import yaml
 from service.settings import Settings
 from tests.helpers import REPO, ServiceProcess, engine_calls, generate, replica_args, request, running_service
 from tests.nginx_server import NGINX, NginxServer
-from tests.redis_server import REDIS_SERVER, RedisServer
+from benchmarks.redis_server import REDIS_SERVER, RedisServer
 
 pytestmark = [
     pytest.mark.skipif(NGINX is None, reason="nginx is not installed (make test installs it)"),

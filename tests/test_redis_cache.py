@@ -11,22 +11,20 @@ from typing import Iterator
 
 import pytest
 
+from benchmarks.redis_server import REDIS_SERVER, RedisServer
 from service.cache_entry import Entry
 from service.redis_tier import LEASE_MS
 from service.tiers import MemoryTier
 from tests.engines import ControlledEngine
 from tests.helpers import ServiceProcess, engine_calls, generate, metric, replica_args, request, running_service
-from tests.redis_server import REDIS_SERVER, RedisServer
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed (make test installs it)")
 
 
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

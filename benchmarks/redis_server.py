@@ -1,4 +1,8 @@
-"""A real redis-server for the tests: a free loopback port, a temporary directory, restartable on the same port."""
+"""A real redis-server on a free loopback port with a temporary directory, restartable on the same port.
+
+Shared by the benchmarks (the Redis tier, two replicas sharing it) and by the tests (the shared tier,
+the load balancer, the deploy manifests' Redis flags), so all run against the same kind of server.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,12 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from types import TracebackType
 from typing import Sequence
 
 import redis
 
-from tests.helpers import free_port
+from benchmarks.launcher import free_port
 
 REDIS_SERVER = shutil.which("redis-server")
 # As the README asks of the shared tier: a cache, nothing persisted, least recently used out first.
@@ -29,7 +34,8 @@ class RedisServer:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        assert REDIS_SERVER is not None, "redis-server is not installed (make test installs it)"
+        if REDIS_SERVER is None:
+            raise FileNotFoundError("redis-server is not installed (make test and make bench install it)")
         self.process = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory), *self.args],
             stdout=subprocess.DEVNULL,
@@ -58,5 +64,7 @@ class RedisServer:
         self.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
