@@ -1,4 +1,6 @@
-"""Shared fixtures: the tiny model saved once per session, one running tiny service, tiny ONNX engines."""
+"""Shared fixtures, each made once per session: the tiny model saved, one running tiny service, tiny
+ONNX and OpenVINO builds, one Redis with two replicas sharing it. A test that needs its own (other
+flags, a process it kills) starts its own."""
 
 from __future__ import annotations
 
@@ -7,7 +9,23 @@ from typing import Iterator
 
 import pytest
 
-from tests.helpers import ServiceProcess, run_build_engines, running_service
+from tests.helpers import REPO, ServiceProcess, replica_args, run_build_engines, running_service
+
+
+# Fixtures that start something of their own beyond the session's tiny service and builds (a service
+# with other flags or another backend, an int8 build, a browser, a benchmark run): a test that uses
+# one is marked `slow`, and `pytest -m "not slow"` leaves it out for a quick local loop. Tests that
+# start such a process inline carry the mark themselves. CI (`make test`) runs everything.
+SLOW_FIXTURES = frozenset({
+    "keyed_service", "quick_run", "replicas", "fleet", "onnx_service", "openvino_service", "int8_build",
+    "int8_service", "tiny_vae_service", "browser",
+})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -79,3 +97,23 @@ def openvino_engines(tmp_path_factory: pytest.TempPathFactory, presets_dir: Path
     result = run_build_engines(["--model", "tiny", "--out", str(out), "--target", "cpu", "--presets-dir", str(presets_dir)])
     assert result.returncode == 0, result.stderr
     return out
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator["RedisServer"]:
+    """A real redis-server with deploy/compose.yaml's own flags (the load balancer's tests hold them to it)."""
+    import yaml
+
+    from benchmarks.redis_server import RedisServer
+
+    compose = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())
+    with RedisServer(tmp_path_factory.mktemp("redis"), compose["services"]["redis"]["command"][1:]) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def replicas(redis_server, presets_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
+    """Two tiny-model replicas, each with its own disk tier, sharing `redis_server` (tests use prompts of their own)."""
+    with running_service(replica_args(presets_dir, tmp_path_factory.mktemp("replica-a"), redis_server.url)) as a, \
+         running_service(replica_args(presets_dir, tmp_path_factory.mktemp("replica-b"), redis_server.url)) as b:
+        yield a, b

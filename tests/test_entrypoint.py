@@ -76,6 +76,7 @@ def test_help_lists_the_jobs() -> None:
     assert all(job in result.stdout for job in ("serve", "build-engines", "healthcheck"))
 
 
+@pytest.mark.slow
 def test_serve_job_answers_the_original_example_and_its_healthcheck_passes(
     tmp_path: Path, presets_dir: Path
 ) -> None:

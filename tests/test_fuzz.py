@@ -9,11 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import ServiceProcess, running_service
 
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_nothing(presets_dir: Path, tmp_path: Path) -> None:
     schemathesis = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
     assert schemathesis, "schemathesis is not installed: `make test` installs the test extra"

@@ -61,6 +61,7 @@ def test_the_cache_is_what_huggingface_hub_itself_reads(hf_home: Path) -> None:
     assert revisions[COMMIT].nb_files == len(hub.pipeline_files("fp16"))
 
 
+@pytest.mark.slow
 def test_the_service_serves_a_hub_download_offline(hf_home: Path, tmp_path: Path) -> None:
     args = ["--model", REPO_ID, "--precision", "fp32", "--cache-dir", str(tmp_path / "images"), "--log-format", "text"]
     before = cache_state(hf_home)

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from service.settings import Settings
-from tests.helpers import REPO, ServiceProcess, engine_calls, generate, replica_args, request, running_service
+from tests.helpers import REPO, ServiceProcess, engine_calls, generate, request
 from tests.nginx_server import NGINX, NginxServer
-from benchmarks.redis_server import REDIS_SERVER, RedisServer
+from benchmarks.redis_server import REDIS_SERVER
 
 pytestmark = [
     pytest.mark.skipif(NGINX is None, reason="nginx is not installed (make test installs it)"),
@@ -37,15 +37,12 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet(presets_dir, tmp_path_factory) -> Iterator[Fleet]:
+def fleet(replicas, tmp_path_factory) -> Iterator[Fleet]:
+    """nginx in front of the session's two replicas and their Redis (tests/conftest.py: compose's flags)."""
     assert len(REPLICAS) == 2, REPLICAS
-    redis_args = COMPOSE["services"]["redis"]["command"][1:]  # after "redis-server"
-    with RedisServer(tmp_path_factory.mktemp("redis"), redis_args) as redis, \
-         running_service(replica_args(presets_dir, tmp_path_factory.mktemp("a"), redis.url)) as a, \
-         running_service(replica_args(presets_dir, tmp_path_factory.mktemp("b"), redis.url)) as b:
-        replicas = dict(zip(REPLICAS, (a, b)))
-        with NginxServer(tmp_path_factory.mktemp("nginx"), {name: r.port for name, r in replicas.items()}) as nginx:
-            yield Fleet(nginx, replicas)
+    named = dict(zip(REPLICAS, replicas))
+    with NginxServer(tmp_path_factory.mktemp("nginx"), {name: r.port for name, r in named.items()}) as nginx:
+        yield Fleet(nginx, named)
 
 
 def test_an_identical_request_through_nginx_is_a_hit_whichever_replica_answers(fleet):

@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 
+import pytest
 
 from service.state import ADMISSION, drain
 from tests.engines import ControlledEngine
@@ -142,6 +143,7 @@ async def test_drain_refuses_new_work_and_finishes_what_is_in_flight(make_client
     assert await draining is True
 
 
+@pytest.mark.slow
 def test_sigterm_with_requests_in_flight_drains_and_exits_0(presets_dir, tmp_path):
     service = ServiceProcess(
         ["--model", "tiny", "--presets-dir", str(presets_dir), "--cache-dir", str(tmp_path / "c"), "--max-steps", "4",
@@ -212,6 +214,7 @@ async def test_a_shared_computation_lives_while_any_of_its_waiters_does(make_cli
     assert [r.prompt for batch in engine.calls for r in batch] == ["request 900", "request 7"]
 
 
+@pytest.mark.slow
 def test_sigterm_with_a_queue_longer_than_the_timeout_answers_503_and_exits_0_in_time(presets_dir, tmp_path):
     """--shutdown-timeout 1 with 12 large requests queued: what did not finish is answered 503 and
     the process exits 0 within the timeout plus a second or two (aiohttp's own 60 s does not apply)."""

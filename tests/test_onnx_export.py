@@ -26,10 +26,10 @@ def tiny() -> tuple[dict[str, torch.nn.Module], ModelDims]:
 
 
 @pytest.fixture(scope="module")
-def exported(tiny, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    modules, dims = tiny
-    out = tmp_path_factory.mktemp("onnx")
-    return {name: export_onnx(modules[name], spec, dims, out / name) for name, spec in dims.specs().items()}
+def exported(onnx_engines: Path) -> dict[str, Path]:
+    """The graphs the session's `build_engines.py --onnx-only` exported (export_onnx, from the same
+    tiny weights): checked here against torch as the service will run them."""
+    return {name: onnx_engines / name / "model.onnx" for name in (UNET, VAE_DECODER)}
 
 
 @pytest.mark.parametrize("component", [UNET, VAE_DECODER])

@@ -1,5 +1,5 @@
 """The shared tier with real parts: a real redis-server on a free loopback port, two real service
-processes sharing it. Plus the memory tier's own promises, in process."""
+processes sharing it (both from tests/conftest.py, shared with tests/test_load_balancer.py). Plus the memory tier's own promises, in process."""
 
 from __future__ import annotations
 
@@ -7,31 +7,17 @@ import asyncio
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
 
 import pytest
 
-from benchmarks.redis_server import REDIS_SERVER, RedisServer
+from benchmarks.redis_server import REDIS_SERVER
 from service.cache_entry import Entry
 from service.redis_tier import LEASE_MS
 from service.tiers import MemoryTier
 from tests.engines import ControlledEngine
-from tests.helpers import ServiceProcess, engine_calls, generate, metric, replica_args, request, running_service
+from tests.helpers import ServiceProcess, engine_calls, generate, metric, replica_args, request
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed (make test installs it)")
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def replicas(redis_server, presets_dir, tmp_path_factory) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
-    with running_service(replica_args(presets_dir, tmp_path_factory.mktemp("a"), redis_server.url)) as a, \
-         running_service(replica_args(presets_dir, tmp_path_factory.mktemp("b"), redis_server.url)) as b:
-        yield a, b
 
 
 def test_a_miss_on_one_replica_is_a_hit_on_the_other(replicas):

@@ -73,6 +73,7 @@ def test_the_intact_build_passes_its_self_test(openvino_engines: Path, presets_d
         engine.close()
 
 
+@pytest.mark.slow
 def test_an_engine_with_altered_weights_stays_unready_with_the_reason(openvino_engines: Path, presets_dir: Path, tmp_path: Path) -> None:
     engines = tmp_path / "engines"
     shutil.copytree(openvino_engines, engines)
