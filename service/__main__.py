@@ -16,7 +16,7 @@ from engines.base import EngineUnavailable
 from service.auth import ApiKeys
 from service.app import create_app
 from service.cache import ImageCache
-from service.logs import configure_logging
+from service.logs import configure_logging, route_library_logs
 from service.server import ServiceRunner, runner_options
 from service.settings import Settings, SettingsError, load_settings
 from service.state import ADMISSION, READINESS, drain
@@ -70,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     from engines.select import prepare_and_select
 
+    route_library_logs()
     logger.info("imported torch and diffusers, %.1f s", time.perf_counter() - started)
     try:
         # Before listening: a missing or unreachable model ends here, in one line, with exit 2.

@@ -76,6 +76,17 @@ def resolve_log_format(log_format: str) -> str:
     return "text" if sys.stderr.isatty() else "json"
 
 
+def route_library_logs() -> None:
+    """transformers and diffusers log through handlers of their own ("[transformers] ..." lines, never
+    JSON: a prompt past CLIP's 77 tokens makes the tokenizer warn): drop those, so their records reach ours."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    for library in (transformers_logging, diffusers_logging):
+        library.disable_default_handler()
+        library.enable_propagation()
+
+
 def configure_logging(level: str, log_format: str) -> str:
     """Send every log record to standard error in `log_format`; returns the format chosen (for auto)."""
     chosen = resolve_log_format(log_format)

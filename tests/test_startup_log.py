@@ -10,10 +10,12 @@ from tests.helpers import EXAMPLE_PROMPT, ServiceProcess, generate, request
 
 def test_json_start_up_log_says_each_step_and_leaves_probes_out(tiny_service: ServiceProcess) -> None:
     # The session's service: its stderr is a file, not a terminal, so auto means JSON; its start-up
-    # polled /readyz, and other tests may have sent it anything since.
+    # polled /readyz, and other tests may have sent it anything since (their records must be JSON too).
     for path in ("/healthz", "/readyz", "/metrics"):
         assert request(tiny_service.base_url, "GET", path).status == 200
     assert generate(tiny_service.base_url, {"prompt": EXAMPLE_PROMPT}).status == 200
+    # A prompt past CLIP's 77 tokens: transformers' tokenizer warns, in a line of its own unless routed to ours.
+    assert generate(tiny_service.base_url, {"prompt": "a lighthouse " * 60}).status == 200
     lines = tiny_service.log().splitlines()
     records = [json.loads(line) for line in lines]  # a progress bar or a stray print fails here
     messages = [r["message"] for r in records]
