@@ -9,7 +9,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.helpers import REPO, ServiceProcess, replica_args, run_build_engines, running_service
+from tests.helpers import REPO, ServiceProcess, replica_args, run_build_engines, run_quick_benchmark, running_service
 
 
 # Fixtures that start something of their own beyond the session's tiny service and builds (a service
@@ -18,7 +18,7 @@ from tests.helpers import REPO, ServiceProcess, replica_args, run_build_engines,
 # start such a process inline carry the mark themselves. CI (`make test`) runs everything.
 SLOW_FIXTURES = frozenset({
     "keyed_service", "quick_run", "replicas", "fleet", "onnx_service", "openvino_service", "int8_build",
-    "int8_service", "tiny_vae_service", "browser",
+    "int8_service", "tiny_vae_service", "browser", "openvino_quick_run",
 })
 
 
@@ -117,3 +117,11 @@ def replicas(redis_server, presets_dir: Path, tmp_path_factory: pytest.TempPathF
     with running_service(replica_args(presets_dir, tmp_path_factory.mktemp("replica-a"), redis_server.url)) as a, \
          running_service(replica_args(presets_dir, tmp_path_factory.mktemp("replica-b"), redis_server.url)) as b:
         yield a, b
+
+
+@pytest.fixture(scope="session")
+def openvino_quick_run(tmp_path_factory: pytest.TempPathFactory, presets_dir: Path, openvino_engines: Path) -> dict[str, Path]:
+    """`python -m benchmarks --quick` given the session's --target cpu build, once, for what a build
+    changes in the benchmark: the components timed on its IR, the service and the scale table on its engine."""
+    return run_quick_benchmark(tmp_path_factory.mktemp("bench-openvino"), presets_dir,
+                               "--sections", "components,http,scale", "--engine-dir", str(openvino_engines))

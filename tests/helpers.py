@@ -87,6 +87,17 @@ def run_build_engines(args: list[str], timeout: float = 300) -> subprocess.Compl
     )
 
 
+def run_quick_benchmark(out: Path, presets_dir: Path, *args: str) -> dict[str, Path]:
+    """`python -m benchmarks --quick ARGS` into `out`; its .json, .md and .png by suffix."""
+    command = [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out), "--presets-dir", str(presets_dir), *args]
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, f"{completed.stdout[-3000:]}\n{completed.stderr[-5000:]}"
+    files = {path.suffix: path for path in out.iterdir()}
+    assert set(files) == {".json", ".md", ".png"}, sorted(out.iterdir())
+    assert all(path.stem.endswith("-quick") for path in files.values())
+    return files
+
+
 FAKE_GPU = ("NVIDIA H100 80GB HBM3", "9.0")
 FAKE_TENSORRT = "11.4.0.106"
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,6 @@ from engines.backends.torch_runners import build_torch_pipeline
 from engines.core.numerics import choose_numerics
 from engines.manifest import Manifest
 from engines.models.sources import load_components
-from tests.helpers import REPO
 
 FULL_UNET_WEIGHTS = 2_567_463_684  # the SDXL UNet's parameter count
 
@@ -91,16 +88,10 @@ def test_a_backend_that_would_not_fit_is_skipped_with_a_note_and_the_torch_weigh
         assert {p.device.type for p in module.parameters()} == {"meta"}  # released before any runtime loads
 
 
-def test_given_an_openvino_build_the_openvino_rows_time_its_ir(
-    presets_dir: Path, openvino_engines: Path, tmp_path: Path
-) -> None:
+def test_given_an_openvino_build_the_openvino_rows_time_its_ir(openvino_quick_run: dict[str, Path], openvino_engines: Path) -> None:
     """`--engine-dir` with a --target cpu build: OpenVINO's rows run that build's IR (path and manifest
     key in the row), not a conversion; ONNX Runtime, which the build lacks, is exported in the run."""
-    command = [sys.executable, "-m", "benchmarks", "--quick", "--sections", "components", "--engine-dir", str(openvino_engines),
-               "--out", str(tmp_path), "--presets-dir", str(presets_dir)]
-    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert completed.returncode == 0, f"{completed.stdout[-3000:]}\n{completed.stderr[-5000:]}"
-    results = json.loads(next(tmp_path.glob("*.json")).read_text())
+    results = json.loads(openvino_quick_run[".json"].read_text())
     assert results["errors"] == {}
     manifest = Manifest.read(openvino_engines)
     rows = {(r["component"], r["backend"]): r for r in results["components"]}
@@ -112,5 +103,5 @@ def test_given_an_openvino_build_the_openvino_rows_time_its_ir(
         made = rows[(component, "onnxruntime")]["files"]
         assert made["key"] is None and "made in this run" in made["source"]
     assert any(f"timed on the openvino files of the build in {openvino_engines}" in note for note in results["notes"])
-    markdown = next(tmp_path.glob("*.md")).read_text()
+    markdown = openvino_quick_run[".md"].read_text()
     assert f"`{openvino_engines / 'unet.openvino' / 'model.xml'}` (manifest key" in markdown

@@ -5,8 +5,6 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import replace
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,7 @@ from benchmarks.plan import QUICK
 from benchmarks.redis_server import REDIS_SERVER
 from benchmarks.scale import linearity_notes
 from benchmarks.summary import in_process_engine, peak_is_wrong, warnings
-from tests.helpers import REPO
+from tests.helpers import REPO, run_quick_benchmark
 
 SECTION_HEADINGS = (
     "## Summary",
@@ -37,24 +35,13 @@ SECTION_HEADINGS = (
 )
 
 
-def run_quick(out: Path, presets_dir: Path, *args: str) -> dict[str, Path]:
-    """`python -m benchmarks --quick ARGS` into `out`; its .json, .md and .png by suffix."""
-    command = [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out), "--presets-dir", str(presets_dir), *args]
-    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert completed.returncode == 0, f"{completed.stdout[-3000:]}\n{completed.stderr[-5000:]}"
-    files = {path.suffix: path for path in out.iterdir()}
-    assert set(files) == {".json", ".md", ".png"}, sorted(out.iterdir())
-    assert all(path.stem.endswith("-quick") for path in files.values())
-    return files
-
-
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory, presets_dir: Path) -> dict[str, Path]:
     """A run as in a fresh clone: no build in --engine-dir, so the service serves with torch."""
     if REDIS_SERVER is None:
         pytest.skip("redis-server is not installed (make test installs it): the Redis tier and two replicas need it")
     no_build, peers = tmp_path_factory.mktemp("no-engines"), tmp_path_factory.mktemp("peers")
-    files = run_quick(tmp_path_factory.mktemp("bench"), presets_dir, "--engine-dir", str(no_build), "--peers-dir", str(peers))
+    files = run_quick_benchmark(tmp_path_factory.mktemp("bench"), presets_dir, "--engine-dir", str(no_build), "--peers-dir", str(peers))
     return {**files, "peers": peers}
 
 
@@ -182,20 +169,19 @@ def test_quick_markdown_has_every_table(quick_run: dict[str, Path]) -> None:
 
 
 def test_given_an_openvino_build_the_in_process_figures_run_the_engine_the_service_serves(
-    openvino_engines: Path, presets_dir: Path, tmp_path: Path
+    openvino_quick_run: dict[str, Path], openvino_engines: Path
 ) -> None:
     """With `--engine-dir` holding a --target cpu build, the service serves OpenVINO, and the scale
     table, whose 1-step cell is "ours in process", runs that same engine in process, named as the
     service names it (/readyz, X-Engine)."""
-    files = run_quick(tmp_path, presets_dir, "--sections", "http,scale", "--engine-dir", str(openvino_engines))
-    results = json.loads(files[".json"].read_text())
+    results = json.loads(openvino_quick_run[".json"].read_text())
     assert results["errors"] == {}
     served = results["service"]["engine"]
     assert served == "openvino-cpu-f32"
     assert results["scale"]["engine"] == results["summary"]["in_process_engine"] == served
     assert str(openvino_engines) in results["scale"]["engine_reason"]
     assert {(r["steps"], r["size"]) for r in results["scale"]["rows"]} == {(1, 256), (2, 256), (4, 256), (1, 384)}
-    text = files[".md"].read_text()
+    text = openvino_quick_run[".md"].read_text()
     assert f"our time per image in process ({served}, 256x256, 1 step, no HTTP)" in text
     assert f"our time per image over HTTP ({served}," in text
     assert f"## Scale (in process, {served})" in text and "TWO ENGINES" not in text
