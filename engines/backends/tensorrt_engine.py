@@ -12,9 +12,11 @@ with `execute_async_v3` on one non-default CUDA stream. Every refusal from Tenso
 from __future__ import annotations
 
 import logging
+import threading
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -89,6 +91,40 @@ def aligned(tensor: torch.Tensor) -> torch.Tensor:
     return copy
 
 
+class SharedBlock:
+    """One block of device memory that every execution context of a LoadedPlans works in.
+
+    Safe only while the engines run one at a time, in order, on one stream: TensorRT forbids "using
+    the same memory for a parallel execution context" while an enqueue is in flight (pyCoreDoc.h,
+    IExecutionContext.set_device_memory). The service guarantees it (the admission queue's single
+    engine thread, one CUDA stream per engine); this guard makes any other caller an error, never
+    silently corrupt memory: a second call while one runs, or a call on another stream (whose work
+    could overlap the first stream's still queued kernels).
+    """
+
+    def __init__(self, size: int, device: torch.device) -> None:
+        self.size = size
+        self.memory = aligned_empty((max(size, 1),), torch.uint8, device)
+        self._running = threading.Lock()
+        self._stream: int | None = None
+
+    @contextmanager
+    def use(self, stream: int) -> Iterator[None]:
+        if not self._running.acquire(blocking=False):
+            raise EngineError("TensorRT engines share one device memory block: a second call came while one runs")
+        try:
+            if self._stream is None:
+                self._stream = stream
+            elif stream != self._stream:
+                raise EngineError(
+                    f"TensorRT engines share one device memory block: called on stream {stream:#x}, "
+                    f"the block is in use on stream {self._stream:#x}"
+                )
+            yield
+        finally:
+            self._running.release()
+
+
 class TensorRTRunner:
     """One engine as a loop runner: float32 torch CUDA tensors in and out, cast to the engine's types inside."""
 
@@ -99,16 +135,23 @@ class TensorRTRunner:
         spec: ComponentSpec,
         device: torch.device | str = "cuda",
         stream_handle: Callable[[], int] = lambda: torch.cuda.current_stream().cuda_stream,
+        block: SharedBlock | None = None,
     ) -> None:
         self.engine, self.context, self.spec = engine, context, spec
-        self.device, self.stream_handle = torch.device(device), stream_handle
+        self.device, self.stream_handle, self.block = torch.device(device), stream_handle, block
         self.dtypes = {name: TORCH_DTYPES[engine.get_tensor_dtype(name).name] for name in spec.input_names + spec.output_names}
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         if len(inputs) != len(self.spec.inputs):
             raise TypeError(f"{self.spec.name} takes {len(self.spec.inputs)} tensors, got {len(inputs)}")
-        # Torch's current stream: tensors freed after the call are reused only by work queued after it.
+        # Torch's current stream (its integer handle): tensors freed after the call are reused only by work queued after it.
         stream = self.stream_handle()
+        if self.block is None:
+            return self._run(stream, inputs)
+        with self.block.use(stream):
+            return self._run(stream, inputs)
+
+    def _run(self, stream: int, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         bound = []  # held until the engine is queued: a freed block would be reused by the next copy
         for name, tensor in zip(self.spec.input_names, inputs):
             value = aligned(tensor.to(self.device, self.dtypes[name]))
@@ -133,7 +176,13 @@ class TensorRTRunner:
 class LoadedPlans:
     """Deserialized engines, one execution context each, sharing one block of device memory."""
 
-    def __init__(self, plans: Mapping[str, bytes], specs: Mapping[str, ComponentSpec]) -> None:
+    def __init__(
+        self,
+        plans: Mapping[str, bytes],
+        specs: Mapping[str, ComponentSpec],
+        device: torch.device | str = "cuda",
+        stream_handle: Callable[[], int] = lambda: torch.cuda.current_stream().cuda_stream,
+    ) -> None:
         trt = import_tensorrt()
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)  # must outlive the engines it made
@@ -143,16 +192,15 @@ class LoadedPlans:
             if engine is None:
                 raise EngineUnavailable(f"TensorRT could not deserialize the {name} plan (built by another TensorRT?)")
             self.engines[name] = engine
-        size = max(engine.device_memory_size_v2 for engine in self.engines.values())
-        # torch's allocator aligns blocks to 512 bytes; TensorRT asks for 256.
-        self.device_memory = torch.empty(max(size, 1), dtype=torch.uint8, device="cuda")
+        # One block, the largest any engine needs, for every context (see SharedBlock: one call at a time).
+        self.block = SharedBlock(max(engine.device_memory_size_v2 for engine in self.engines.values()), torch.device(device))
         self.runners = {}
         for name, engine in self.engines.items():
             context = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
             if context is None:
                 raise EngineUnavailable(f"TensorRT could not create an execution context for {name}")
-            context.set_device_memory(self.device_memory.data_ptr(), size)
-            self.runners[name] = TensorRTRunner(engine, context, specs[name])
+            context.set_device_memory(self.block.memory.data_ptr(), self.block.size)
+            self.runners[name] = TensorRTRunner(engine, context, specs[name], device, stream_handle, self.block)
 
 
 class TensorRTEngine(PipelineEngine):

@@ -36,6 +36,9 @@ class TensorSpec:
     name: str
     shape: tuple[int | str, ...]
     dtype: torch.dtype = torch.float32
+    # Stays float32 in a typed (fp16/bf16) graph: the timestep, as diffusers feeds it (the scheduler's
+    # float32 timesteps; the UNet casts its embedding, not the value). bf16 would make 999 into 1000.
+    keeps_fp32: bool = False
 
 
 @dataclass(frozen=True)
@@ -164,10 +167,10 @@ class ComponentSpec:
         yield from self.outputs
 
     def in_dtype(self, dtype: torch.dtype) -> ComponentSpec:
-        """The same component with every float32 tensor in `dtype`: the graph a strongly typed plan is built from."""
+        """The same component with its float32 tensors (bar `keeps_fp32` ones) in `dtype`: the graph a strongly typed plan is built from."""
 
         def typed(tensors: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
-            return tuple(replace(t, dtype=dtype) if t.dtype == torch.float32 else t for t in tensors)
+            return tuple(replace(t, dtype=dtype) if t.dtype == torch.float32 and not t.keeps_fp32 else t for t in tensors)
 
         return replace(self, inputs=typed(self.inputs), outputs=typed(self.outputs))
 
@@ -223,7 +226,7 @@ def unet_spec(dims: ModelDims) -> ComponentSpec:
         name=UNET,
         inputs=(
             TensorSpec("sample", (BATCH, dims.latent_channels, LATENT_HEIGHT, LATENT_WIDTH)),
-            TensorSpec("timestep", (BATCH,)),
+            TensorSpec("timestep", (BATCH,), keeps_fp32=True),
             TensorSpec("encoder_hidden_states", (BATCH, MAX_TOKENS, dims.hidden_size)),
             TensorSpec("text_embeds", (BATCH, dims.pooled_size)),
             TensorSpec("time_ids", (BATCH, TIME_IDS)),
