@@ -54,7 +54,7 @@ def make_client(aiohttp_client, tmp_path: Path):
         settings = Settings(**{"model": "test", "cache_dir": cache_dir, **settings_overrides})
         app = create_app(settings, engine, ImageCache(settings.cache_dir, settings.cache_size), api_keys)
         client = await aiohttp_client(app)
-        for _ in range(200):
+        for _ in range(3000):  # up to a minute: an engine that runs real graphs (the TensorRT stand-in) warms up in seconds
             if (await client.get("/readyz")).status == 200:
                 return client
             await asyncio.sleep(0.02)

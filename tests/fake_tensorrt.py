@@ -14,6 +14,7 @@ not have (__slots__), so a property TensorRT removed cannot be set silently eith
 from __future__ import annotations
 
 import ctypes
+import importlib.machinery
 import json
 import types
 from pathlib import Path
@@ -57,6 +58,7 @@ def make_module(options: Options | None = None) -> types.ModuleType:
     options = options or Options()
     calls = options.calls
     trt = types.ModuleType("tensorrt")
+    trt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)  # torch._dynamo's find_spec probes it
     trt.__version__ = VERSION
     for name in ("BuilderFlag", "NetworkDefinitionCreationFlag", "ProfilingVerbosity", "LayerInformationFormat",
                  "ExecutionContextAllocationStrategy", "DataType", "TensorIOMode"):

@@ -285,3 +285,29 @@ def test_the_fp16_unet_plan_takes_a_float32_timestep(trt_build) -> None:
     out, _ = trt_build
     details = Manifest.read(out).components[UNET].plan.details
     assert details["io_dtypes"]["timestep"] == "FLOAT" and details["io_dtypes"]["sample"] == "HALF"
+
+
+# --- the whole engine, over HTTP --------------------------------------------------------------------
+
+
+async def test_the_tensorrt_engine_serves_an_image_over_http_on_the_stand_in(trt, trt_build, presets_dir, make_client) -> None:
+    """Build, load (LoadedPlans, user-managed memory, the shared block), generate over HTTP, decode."""
+    from engines.backends.tensorrt_engine import TensorRTEngine
+    from tests.helpers import EXAMPLE_PROMPT
+
+    out, _ = trt_build
+    engine = TensorRTEngine("tiny", out, Manifest.read(out), presets_dir, device="cpu")
+    client = await make_client(engine)
+    reply = await client.post("/generate-image", json={"prompt": EXAMPLE_PROMPT, "num_inference_steps": 2, "width": 768})
+    assert reply.status == 200, await reply.text()
+    assert reply.headers["X-Engine"] == "tensorrt-fp16-vae-tf32"
+    from io import BytesIO
+
+    from PIL import Image
+
+    image = Image.open(BytesIO(await reply.read()))
+    assert image.size == (768, 512)
+    unet, vae = (context for context in trt.options.calls["contexts"][-3:] if context.launches)
+    assert len(unet.launches) >= 2 and vae.launches  # two steps, then the VAE: on the stand-in's contexts
+    assert unet.memory == vae.memory and unet.memory is not None  # one user-managed block
+    assert trt.options.errors == []

@@ -11,9 +11,9 @@ with `execute_async_v3` on one non-default CUDA stream. Every refusal from Tenso
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -108,7 +108,7 @@ class SharedBlock:
         self._running = threading.Lock()
         self._stream: int | None = None
 
-    @contextmanager
+    @contextlib.contextmanager
     def use(self, stream: int) -> Iterator[None]:
         if not self._running.acquire(blocking=False):
             raise EngineError("TensorRT engines share one device memory block: a second call came while one runs")
@@ -213,10 +213,12 @@ class TensorRTEngine(PipelineEngine):
         manifest: Manifest,
         presets_dir: Path | None = None,
         revision: str | None = None,
+        device: str = "cuda",
     ) -> None:
         self.model, self.engine_dir, self.manifest, self.presets_dir = model, engine_dir, manifest, presets_dir
-        self.revision = revision
-        self.numerics = choose_numerics("cuda", "fp16")
+        self.revision, self.device = revision, torch.device(device)
+        # device="cpu" is for the CPU tests, which run the plans on tests/fake_tensorrt.py's stand-in.
+        self.numerics = choose_numerics(device, "fp16" if self.device.type == "cuda" else "fp32")
         plans = [manifest.artefact(engine_dir, name, "plan") for name in (UNET, VAE_DECODER)]
         unet_precision, vae = (plan.details.get("precision", "?") for plan in plans)
         missing = manifest.image_to_image_missing(engine_dir, "plan")
@@ -237,19 +239,23 @@ class TensorRTEngine(PipelineEngine):
                 self.engine_dir, artefact.path, artefact.files[artefact.path], "plan", actual=bytes_sha256(plan)
             )
             plans[name] = plan
-        self._plans = LoadedPlans(plans, self.manifest.dims.specs())
-        self._stream = torch.cuda.Stream()  # not the default stream: TensorRT synchronises on that one
+        if self.device.type == "cuda":
+            self._plans = LoadedPlans(plans, self.manifest.dims.specs())
+            self._stream = torch.cuda.Stream()  # not the default stream: TensorRT synchronises on that one
+        else:
+            self._plans = LoadedPlans(plans, self.manifest.dims.specs(), self.device, stream_handle=lambda: 0)
+            self._stream = None
         runners = self._plans.runners
         self._pipeline = SDXLTurboPipeline(
-            side.text_encoders, runners[UNET], runners[VAE_DECODER], side.config, "cuda", runners.get(VAE_ENCODER)
+            side.text_encoders, runners[UNET], runners[VAE_DECODER], side.config, self.device.type, runners.get(VAE_ENCODER)
         )
         self.info.model_fingerprint = side.fingerprint
         logger.info("loaded TensorRT plans from %s (%s)", self.engine_dir, self.info.name)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[np.ndarray]:
-        if self._stream is None:
+        if self._plans is None:
             raise RuntimeError("the engine is not loaded: call load() first")
-        with torch.cuda.stream(self._stream):
+        with torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext():
             return super().generate(requests)
 
     def close(self) -> None:
