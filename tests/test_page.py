@@ -304,10 +304,16 @@ def test_copy_as_curl_is_the_pages_request_and_runs(
             pick(page, input_png)
             (tmp_path / INPUT_NAME).write_bytes(input_png)  # where the command runs, as the status says
         page.click("#copy_curl")
-        page.wait_for_selector("#curl:not([hidden])")
+        page.wait_for_selector("#curl_box:not([hidden])")
+        page.fill("#negative_prompt", "changed")
+        assert page.is_hidden("#curl_box"), "a command that no longer matches the form is not left on show"
+        page.fill("#negative_prompt", "")
+        page.click("#copy_curl")
+        page.wait_for_selector("#curl_box:not([hidden])")
         command = page.evaluate("navigator.clipboard.readText()")
         assert command == page.text_content("#curl")
         assert page.text_content("#status") == "copied the curl command" + (f"; run it where {INPUT_NAME} is" if with_image else "")
+        assert page.text_content("#curl_note").startswith(f"It reads {INPUT_NAME} ") == with_image
         sent, response = generate_and_wait(page)
         page_image = base64.b64decode(page.evaluate(SHOWN_IMAGE))
 

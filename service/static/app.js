@@ -214,7 +214,9 @@ async function copyCurl() {
   if (!hasPrompt()) return;
   const command = curlCommand(requestBody());
   $("curl").textContent = command;
-  $("curl").hidden = false;
+  $("curl_note").textContent = inputImage
+    ? `It reads ${inputImage.name} from the directory it runs in (a click on the input image saves it).` : "";
+  $("curl_box").hidden = false;
   const where = inputImage ? `; run it where ${inputImage.name} is` : "";
   try {
     await navigator.clipboard.writeText(command);
@@ -227,7 +229,7 @@ async function copyCurl() {
 // --- Events --------------------------------------------------------------------------------------
 
 function changed() {
-  $("curl").hidden = true; // it no longer says what the form would send
+  $("curl_box").hidden = true; // it no longer says what the form would send
   if (!$("live").checked) return;
   clearTimeout(liveTimer);
   liveTimer = setTimeout(generate, LIVE_DELAY_MS);
