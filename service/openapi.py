@@ -30,6 +30,8 @@ IMAGE_HEADERS = {
     "X-Cache": {"description": "HIT, MISS or SHARED", "schema": {"type": "string"}},
     "ETag": {"description": "the content key; also the address /images/<key>.<format>", "schema": {"type": "string"}},
     "X-Engine": {"description": "the backend and numerics that made it", "schema": {"type": "string"}},
+    "X-Num-Inference-Steps": {"description": "the steps asked for (from an image, int(steps x strength) of them run)",
+                              "schema": {"type": "integer"}},
     "X-Request-Id": {"description": "the request's id, also in the logs", "schema": {"type": "string"}},
     "X-Prompt-Truncated": {"description": "the prompt fields CLIP cut at 77 tokens", "schema": {"type": "string"}},
 }
@@ -55,7 +57,9 @@ def openapi_spec(limits: RequestLimits) -> dict[str, Any]:
     common = {
         "prompt": {"type": "string", "minLength": 1, "maxLength": limits.max_prompt_chars, "pattern": "\\S"},
         "negative_prompt": {"type": "string", "default": "", "maxLength": limits.max_prompt_chars},
-        "num_inference_steps": {"type": "integer", "default": 1, "minimum": 1, "maximum": limits.max_steps},
+        "num_inference_steps": {"type": "integer", "default": 1, "minimum": 1, "maximum": limits.max_steps,
+                                "description": "from an image, omitted: the fewest steps of which int(steps x strength) "
+                                               "is at least 1 (2 at strength 0.5); X-Num-Inference-Steps says the count"},
         "guidance_scale": {"type": "number", "default": 0.0, "minimum": 0, "maximum": GUIDANCE_MAX},
         "seed": {"type": "integer", "minimum": -1, "maximum": SEED_MAX,
                  "description": "omitted: derived from the request; -1: a fresh random seed"},

@@ -113,6 +113,7 @@ def image_headers(request: web.Request, job: ImageJob, key: str, truncated: list
     headers = {
         "ETag": f'"{key}"',
         "X-Seed": str(job.generation.seed),
+        "X-Num-Inference-Steps": str(job.generation.num_inference_steps),
         "X-Engine": request.app[ENGINE].info.name,
     }
     if truncated:
@@ -227,7 +228,8 @@ async def openai_answer(request: web.Request, jobs: list[ImageJob], deadline: fl
     else:
         encoded = await asyncio.to_thread(lambda: [base64.b64encode(r.data).decode("ascii") for r in results])
         data = [{"b64_json": b64, "seed": job.generation.seed} for job, b64 in zip(jobs, encoded)]
-    headers = {"X-Engine": request.app[ENGINE].info.name}
+    # The n images share their steps: an edit's default count is said here, as /generate-image says it.
+    headers = {"X-Engine": request.app[ENGINE].info.name, "X-Num-Inference-Steps": str(jobs[0].generation.num_inference_steps)}
     return web.json_response({"created": int(time.time()), "data": data}, headers=headers)
 
 

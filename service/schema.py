@@ -173,11 +173,16 @@ def parse_generation_request(body: Any, limits: RequestLimits, accept: str | Non
     image, strength = _input_image(body, limits)
     if image is None and "strength" in body:
         raise InvalidField("strength applies to image-to-image only: send an image too, or leave strength out", "strength")
-    if image is not None and int(steps * strength) < 1:
-        raise InvalidField(
-            f"int(num_inference_steps x strength) must be at least 1 (the steps that run from an image), got "
-            f"int({steps} x {strength:g}) = 0: raise num_inference_steps or strength", "strength"
-        )
+    if image is not None:
+        if "num_inference_steps" not in body:
+            # The fewest steps of which one runs: 2 at the default strength, as SDXL Turbo's model card has it.
+            steps = next((n for n in range(1, limits.max_steps + 1) if int(n * strength) >= 1), limits.max_steps)
+        if int(steps * strength) < 1:
+            advice = "raise strength" if steps == limits.max_steps else "raise num_inference_steps or strength"
+            raise InvalidField(
+                f"int(num_inference_steps x strength) must be at least 1 (the steps that run from an image), got "
+                f"int({steps} x {strength:g}) = 0 with at most {limits.max_steps} steps: {advice}", "strength"
+            )
 
     # 5. Size: multiples of 8 inside what the engine supports; from an image, its own size unless given.
     input_size = None if image is None else oriented_size(image)
