@@ -273,7 +273,7 @@ def _input_image(body: dict[str, Any], limits: RequestLimits) -> tuple[Any, floa
 
 # --- POST /v1/images/generations: the OpenAI Images API shape over the same rules -----------------
 
-# OpenAI's own fields, then ours. Accepted and ignored (documented in the README): quality, style,
+# OpenAI's own fields, then ours. Accepted and ignored (documented in docs/api.md): quality, style,
 # background, moderation, user, model (there is one model).
 OPENAI_FIELDS = ("prompt", "n", "size", "response_format", "model", "user", "quality", "style", "background",
                  "moderation", "output_format", "output_compression", "negative_prompt", "num_inference_steps",
