@@ -311,3 +311,38 @@ async def test_the_tensorrt_engine_serves_an_image_over_http_on_the_stand_in(trt
     assert len(unet.launches) >= 2 and vae.launches  # two steps, then the VAE: on the stand-in's contexts
     assert unet.memory == vae.memory and unet.memory is not None  # one user-managed block
     assert trt.options.errors == []
+
+
+# --- persistent I/O buffers (the CUDA graphs mode; on the CPU, without graphs) ----------------------
+
+
+def count_calls(monkeypatch, context, method: str) -> list:
+    calls: list = []
+    real = getattr(type(context), method)
+    monkeypatch.setattr(type(context), method, lambda self, *args: calls.append(args) or real(self, *args))
+    return calls
+
+
+def test_persistent_buffers_are_bound_once_per_shape_and_give_the_same_answers(trt, trt_build, monkeypatch) -> None:
+    out, _ = trt_build
+    manifest = Manifest.read(out)
+    plan = {VAE_DECODER: (out / "vae_decoder.plan").read_bytes()}
+    per_call = LoadedPlans(plan, manifest.dims.specs(), "cpu", lambda: STREAM).runners[VAE_DECODER]
+    persistent = LoadedPlans(plan, manifest.dims.specs(), "cpu", lambda: STREAM, cuda_graphs=True).runners[VAE_DECODER]
+    spec = manifest.dims.specs()[VAE_DECODER]
+    (small,) = spec.sample_inputs(batch=1, width=512, height=512, seed=1).values()
+    (other,) = spec.sample_inputs(batch=1, width=512, height=512, seed=2).values()
+    (wide,) = spec.sample_inputs(batch=2, width=768, height=512, seed=3).values()
+    addresses = count_calls(monkeypatch, persistent.context, "set_tensor_address")
+
+    first = persistent(small)
+    bound_once = list(addresses)
+    second = persistent(other)
+    assert addresses == bound_once, "a second call with the same shapes bound its tensors again"
+    assert torch.equal(first, per_call(small)), "the next call overwrote an output already handed out"
+    assert torch.equal(second, per_call(other)) and not torch.equal(first, second)
+
+    assert torch.equal(persistent(wide), per_call(wide))  # another shape: its own buffers, bound
+    assert torch.equal(persistent(small), first)  # back: the first shape's buffers bound again
+    assert addresses[-2:] == bound_once and len(persistent.persistent) == 2
+    assert trt.options.errors == []
