@@ -139,12 +139,13 @@ bench: gpu-install redis
 	$(PY_GPU) build_engines.py --model sdxl-random --out $(BENCH_ENGINES)
 	$(PY_GPU) -m benchmarks --model sdxl-random --engine-dir $(BENCH_ENGINES)
 else
-# The CPU path as users get it: OpenVINO IR for sdxl-random (built once, ~7 min, 21 GB peak; a
-# second run does nothing), the whole suite against the diffusers baseline and the peers (their export
-# of sdxl-random is kept in build/peers), then the tiny VAE over HTTP.
+# The CPU path as users get it: OpenVINO IR for sdxl-random and its int8 build (built once; a second
+# run does nothing), the whole suite against the diffusers baseline and the peers (their export of
+# sdxl-random is kept in build/peers), the int8 build served beside the float one, then the tiny VAE
+# over HTTP.
 BENCH_ENGINES ?= build/engines-cpu
 bench: install peers-install redis
-	$(PY) build_engines.py --model sdxl-random --out $(BENCH_ENGINES) --target cpu
+	$(PY) build_engines.py --model sdxl-random --out $(BENCH_ENGINES) --target cpu --precision int8
 	$(PY) -m benchmarks --model sdxl-random --engine-dir $(BENCH_ENGINES)
 	$(PY) -m benchmarks --model sdxl-random --engine-dir $(BENCH_ENGINES) --vae tiny --sections http,cache_hits --out benchmarks/results/vae-tiny
 endif
