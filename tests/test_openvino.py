@@ -295,3 +295,15 @@ def test_a_second_start_compiles_nothing(openvino_engines: Path, presets_dir: Pa
     # Two text encoders, the UNet and VAE decoder at 512x512 (static; their dynamic compiles wait
     # for another size), the VAE encoder.
     assert counts == [{"compiled": 5}, {"cached": 5}]
+
+
+def test_a_load_without_text_encoders_builds_none_of_sdxl_randoms() -> None:
+    """The OpenVINO engine's start: sdxl-random's tokenizers and configs only, not its 800 M random
+    encoder parameters (seconds of work at every start)."""
+    from engines.models.sources import load_components
+
+    components = load_components("sdxl-random", torch.bfloat16, text_only=True, text_encoders=False)
+    assert components.text_encoder is None and components.text_encoder_2 is None and components.unet is None
+    assert components.tokenizer("a cat").input_ids and components.fingerprint
+    with pytest.raises(ValueError, match="text_encoders=False: only with text_only=True"):
+        load_components("sdxl-random", torch.bfloat16, text_encoders=False)

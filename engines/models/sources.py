@@ -9,6 +9,7 @@ is built in memory in the dtype it runs in, since 10 GB of random weights are no
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import time
@@ -180,8 +181,7 @@ def load_components_from_directory(
 
     `parts` ("text", "unet", "vae") says which weights to read; the tokenizers are always read.
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTokenizer
 
     _missing_components(directory)
 
@@ -197,13 +197,17 @@ def load_components_from_directory(
         )
         return module
 
-    def diffusers_model(cls: Any, subfolder: str) -> torch.nn.Module:
+    def diffusers_model(name: str, subfolder: str) -> torch.nn.Module:
+        # Imported only when read: diffusers' models (and transformers' CLIP models) take seconds to
+        # import, which a start that reads the tokenizers alone (the OpenVINO engine) does without.
+        cls = getattr(importlib.import_module("diffusers"), name)
         return timed(
             subfolder,
             lambda variant: cls.from_pretrained(directory, subfolder=subfolder, torch_dtype=dtype, use_safetensors=True, variant=variant),
         )
 
-    def transformers_model(cls: Any, subfolder: str) -> torch.nn.Module:
+    def transformers_model(name: str, subfolder: str) -> torch.nn.Module:
+        cls = getattr(importlib.import_module("transformers"), name)
         return timed(
             subfolder,
             lambda variant: cls.from_pretrained(
@@ -217,10 +221,10 @@ def load_components_from_directory(
     return SDXLComponents(
         tokenizer=CLIPTokenizer.from_pretrained(directory, subfolder="tokenizer"),
         tokenizer_2=CLIPTokenizer.from_pretrained(directory, subfolder="tokenizer_2"),
-        text_encoder=transformers_model(CLIPTextModel, "text_encoder") if "text" in parts else None,
-        text_encoder_2=transformers_model(CLIPTextModelWithProjection, "text_encoder_2") if "text" in parts else None,
-        unet=diffusers_model(UNet2DConditionModel, "unet") if "unet" in parts else None,
-        vae=diffusers_model(AutoencoderKL, "vae") if "vae" in parts else None,
+        text_encoder=transformers_model("CLIPTextModel", "text_encoder") if "text" in parts else None,
+        text_encoder_2=transformers_model("CLIPTextModelWithProjection", "text_encoder_2") if "text" in parts else None,
+        unet=diffusers_model("UNet2DConditionModel", "unet") if "unet" in parts else None,
+        vae=diffusers_model("AutoencoderKL", "vae") if "vae" in parts else None,
         scheduler_config=scheduler_config,
         fingerprint=fingerprint or hash_directory(directory),
         force_zeros_for_empty_prompt=bool(model_index.get("force_zeros_for_empty_prompt", True)),
