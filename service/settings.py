@@ -170,7 +170,7 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "vae": (_choice(VAES), "full: the SDXL VAE; tiny: the tiny autoencoder (TAESD-XL), fast previews"),
     "static_sizes": (_static_sizes, "OpenVINO: sizes also compiled with static shapes, e.g. 512x512,768x512 (faster; each costs one more "
                      "copy of the UNet and VAE decoder in memory); other sizes run the dynamic compile, compiled at first use; "
-                     "none: the dynamic compile only; default: the base size 512x512"),
+                     "none: the dynamic compile only"),
     "host": (_nonempty, "address to listen on"),
     "port": (_bounded(int, 1, 65535), "port to listen on"),
     "cache_dir": (Path, "image cache directory (private to the service user)"),

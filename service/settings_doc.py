@@ -54,6 +54,7 @@ UNSET = {
     "revision": "`main`",
     "presets_dir": "`~/.cache/sdxl-turbo-service/presets`",
     "api_keys_file": "none (open)",
+    "static_sizes": "the base size, `512x512`",
 }
 
 HEADER = """\
