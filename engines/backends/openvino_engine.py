@@ -131,20 +131,17 @@ class OpenVINORunner:
     depend on its batch-mates, and a CPU gains nothing from a batch.
     """
 
-    def __init__(self, spec: ComponentSpec, dynamic: Callable[[], Any], static: dict[Shape, Any] | None = None) -> None:
-        """`dynamic` compiles the dynamic-shape model: now without static compiles, else at the
-        first item of another shape (a service that serves the static sizes only holds no third copy).
-        `static`: the first input's shape (batch 1) -> its static compile."""
+    def __init__(
+        self, compiled: Any, spec: ComponentSpec, static: dict[Shape, Any] | None = None, compile_dynamic: Callable[[], Any] | None = None
+    ) -> None:
+        """`compiled`: the dynamic-shape compile; or None, and `compile_dynamic` makes it at the first
+        item that no static compile takes (a service that serves its static sizes only holds no
+        dynamic copy). `static`: the first input's shape (batch 1) -> its static compile."""
         self.spec = spec
-        self._dynamic, self._dynamic_request = dynamic, None
-        self._static = {shape: compiled.create_infer_request() for shape, compiled in (static or {}).items()}
+        self._compile_dynamic = compile_dynamic
+        self._dynamic_request = None if compiled is None else compiled.create_infer_request()
+        self._static = {shape: model.create_infer_request() for shape, model in (static or {}).items()}
         self.runs: Counter[str] = Counter()  # "static" / "dynamic": items run by each (tests, metrics)
-        if not self._static:
-            self._dynamic_request = dynamic().create_infer_request()
-
-    @property
-    def static_shapes(self) -> list[Shape]:
-        return list(self._static)
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         if len(inputs) != len(self.spec.inputs):
@@ -157,8 +154,9 @@ class OpenVINORunner:
         if static is not None:
             return static
         if self._dynamic_request is None:
+            assert self._compile_dynamic is not None
             logger.info("%s: compiling the dynamic-shape model for the first item of shape %s", self.spec.name, shape)
-            self._dynamic_request = self._dynamic().create_infer_request()
+            self._dynamic_request = self._compile_dynamic().create_infer_request()
         return self._dynamic_request
 
     def _run(self, *inputs: torch.Tensor) -> torch.Tensor:
@@ -180,7 +178,10 @@ def compile_runner(source: Path | Any, spec: ComponentSpec, hint: str, cache_dir
             copy = model.clone()
             copy.reshape({name: shapes[name] for name in spec.input_names})
             static[shapes[spec.input_names[0]]] = compile_for_cpu(copy, hint, cache_dir)
-    return OpenVINORunner(spec, lambda: compile_for_cpu(source, hint, cache_dir), static)
+    def dynamic() -> Any:
+        return compile_for_cpu(source, hint, cache_dir)
+
+    return OpenVINORunner(None, spec, static, dynamic) if static else OpenVINORunner(dynamic(), spec)
 
 
 class OpenVINOTextEncoders(TextEncoders):
