@@ -39,6 +39,7 @@ class EngineRequest:
     presets_dir: Path | None = None
     vae: str = "full"  # full | tiny (the tiny autoencoder: torch and openvino engines)
     revision: str | None = None  # a hub model's commit, tag or branch
+    static_sizes: tuple[tuple[int, int], ...] | None = None  # OpenVINO's static compiles; None: the base size
 
 
 # --- the machine --------------------------------------------------------------------------------------
@@ -161,7 +162,8 @@ def openvino_candidate(request: EngineRequest) -> Candidate:
     from engines.backends.openvino_engine import OpenVINOEngine
 
     return with_golden(OpenVINOEngine(
-        request.model, request.engine_dir, manifest, request.precision, request.presets_dir, vae=request.vae, revision=request.revision
+        request.model, request.engine_dir, manifest, request.precision, request.presets_dir, vae=request.vae, revision=request.revision,
+        static_sizes=request.static_sizes,
     ), manifest)
 
 

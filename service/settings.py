@@ -49,6 +49,7 @@ class Settings:
     device: str = "auto"
     precision: str = "auto"
     vae: str = "full"
+    static_sizes: tuple[tuple[int, int], ...] | None = None  # None: the base size; (): none
     host: str = "127.0.0.1"
     port: int = 5000
     cache_dir: Path = dataclasses.field(default_factory=_default_cache_dir)
@@ -91,6 +92,7 @@ class Settings:
             presets_dir=self.presets_dir,
             vae=self.vae,
             revision=self.revision,
+            static_sizes=self.static_sizes,
         )
 
 
@@ -138,6 +140,19 @@ def _origins(text: str) -> str:
     return ",".join(origins)
 
 
+def _static_sizes(text: str) -> tuple[tuple[int, int], ...]:
+    """'512x512,768x512' -> ((512, 512), (768, 512)); 'none' -> ()."""
+    if text.strip().lower() == "none":
+        return ()
+    sizes = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", part)
+        if not match:
+            raise ValueError("must be WIDTHxHEIGHT sizes separated by commas, such as 512x512,768x512, or none")
+        sizes.append((int(match.group(1)), int(match.group(2))))
+    return tuple(dict.fromkeys(sizes))
+
+
 def _nonempty(text: str) -> str:
     if not text.strip():
         raise ValueError("must not be empty")
@@ -153,6 +168,9 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "device": (_choice(DEVICES), f"where PyTorch runs, {' | '.join(DEVICES)}; cpu also keeps auto and onnxruntime off the GPU"),
     "precision": (_choice(PRECISIONS), f"numerics, {' | '.join(PRECISIONS)}; auto: fp16 on CUDA, bf16 on CPUs that have it, else fp32; int8: an OpenVINO int8 build"),
     "vae": (_choice(VAES), "full: the SDXL VAE; tiny: the tiny autoencoder (TAESD-XL), fast previews"),
+    "static_sizes": (_static_sizes, "OpenVINO: sizes also compiled with static shapes, e.g. 512x512,768x512 (faster; each costs one more "
+                     "copy of the UNet and VAE decoder in memory); other sizes run the dynamic compile, compiled at first use; "
+                     "none: the dynamic compile only"),
     "host": (_nonempty, "address to listen on"),
     "port": (_bounded(int, 1, 65535), "port to listen on"),
     "cache_dir": (Path, "image cache directory (private to the service user)"),

@@ -21,6 +21,7 @@ MORE = {
     "device": "engines.md#backends",
     "precision": "engines.md#precisions",
     "vae": "engines.md#the-tiny-vae",
+    "static_sizes": "engines.md#static-sizes",
     "cache_dir": "cache.md#the-disk-tier",
     "cache_size": "cache.md#the-disk-tier",
     "memory_cache_size": "cache.md#tiers",
@@ -53,6 +54,7 @@ UNSET = {
     "revision": "`main`",
     "presets_dir": "`~/.cache/sdxl-turbo-service/presets`",
     "api_keys_file": "none (open)",
+    "static_sizes": "the base size, `512x512`",
 }
 
 HEADER = """\

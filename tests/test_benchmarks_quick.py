@@ -191,7 +191,7 @@ def test_given_an_openvino_build_the_in_process_figures_run_the_engine_the_servi
     results = json.loads(files[".json"].read_text())
     assert results["errors"] == {}
     served = results["service"]["engine"]
-    assert served == "openvino-cpu-f32"
+    assert served.startswith("openvino-cpu-f32-text-ov") and served.endswith("-static-512x512")
     assert results["scale"]["engine"] == results["summary"]["in_process_engine"] == served
     assert str(openvino_engines) in results["scale"]["engine_reason"]
     assert {(r["steps"], r["size"]) for r in results["scale"]["rows"]} == {(1, 256), (2, 256), (4, 256), (1, 384)}

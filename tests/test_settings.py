@@ -41,12 +41,21 @@ def test_flag_beats_environment_beats_default():
         (["--cache-url", "redis://redis:6379/cache"], {}, "the database must be a number"),
         (["--memory-cache-size", "big"], {}, "--memory-cache-size='big': must be a size"),
         (["--cache-ttl", "0"], {}, "--cache-ttl='0': must be from 1"),
+        (["--static-sizes", "512"], {}, "--static-sizes='512': must be WIDTHxHEIGHT sizes separated by commas"),
+        ([], {"SDXL_STATIC_SIZES": "512x512,big"}, "SDXL_STATIC_SIZES='512x512,big': must be WIDTHxHEIGHT"),
     ],
 )
 def test_bad_values_name_their_source_and_rule(argv, env, words):
     with pytest.raises(SettingsError) as caught:
         load_settings(argv, environ=env)
     assert words in str(caught.value)
+
+
+def test_static_sizes():
+    assert Settings().static_sizes is None, "the default: the engine's base size"
+    assert load_settings(["--static-sizes", "512x512, 768x512,512x512"], environ={}).static_sizes == ((512, 512), (768, 512))
+    assert load_settings([], environ={"SDXL_STATIC_SIZES": "none"}).static_sizes == ()
+    assert load_settings(["--static-sizes", "512x512"], environ={}).engine_request().static_sizes == ((512, 512),)
 
 
 def test_sizes():

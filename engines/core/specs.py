@@ -26,6 +26,11 @@ VAE_ENCODER = "vae_encoder"  # image-to-image only
 COMPILED_COMPONENTS = (UNET, VAE_ENCODER, VAE_DECODER)
 # What text-to-image needs: all that builds from before image-to-image hold, and still serve.
 REQUIRED_COMPONENTS = (UNET, VAE_DECODER)
+TEXT_ENCODER = "text_encoder"
+TEXT_ENCODER_2 = "text_encoder_2"
+# The CLIP encoders a --target cpu build converts too (builds from before them still serve, with
+# the encoders in torch).
+TEXT_COMPONENTS = (TEXT_ENCODER, TEXT_ENCODER_2)
 
 Shape = tuple[int, ...]
 Size = tuple[int, int]  # (width, height), as requests say it
@@ -233,6 +238,17 @@ def unet_spec(dims: ModelDims) -> ComponentSpec:
         ),
         outputs=(TensorSpec("noise_pred", (BATCH, dims.latent_channels, LATENT_HEIGHT, LATENT_WIDTH)),),
         max_batch_factor=2,
+    )
+
+
+def text_encoder_spec(name: str, hidden_size: int, pooled_size: int | None = None) -> ComponentSpec:
+    """Token ids -> the penultimate layer's hidden states (what SDXL reads), and for the second
+    encoder its projected pooled output too (`engines.core.text_encoders`)."""
+    pooled = () if pooled_size is None else (TensorSpec("text_embeds", (BATCH, pooled_size)),)
+    return ComponentSpec(
+        name=name,
+        inputs=(TensorSpec("input_ids", (BATCH, MAX_TOKENS), torch.int64),),
+        outputs=(TensorSpec("hidden_states", (BATCH, MAX_TOKENS, hidden_size)), *pooled),
     )
 
 
