@@ -284,7 +284,7 @@ def build(request: BuildRequest) -> BuildReport:
 
     # 3b. int8 IR, quantized from the float IR with no torch model left (--target cpu --precision int8).
     if int8:
-        _openvino_int8(run, specs)
+        _openvino_int8(run)
 
     # 4. The golden image: what the engine just built makes for a fixed prompt and seed, which the
     #    service makes again at warm-up (engines/core/golden.py).
@@ -485,11 +485,12 @@ def _openvino_text(run: _Run, model: _Model, name: str) -> Artefact:
     return run.artefact(name, "openvino", key, f"converting {name} to OpenVINO IR", make)
 
 
-def _openvino_int8(run: _Run, specs: dict[str, ComponentSpec]) -> None:
+def _openvino_int8(run: _Run) -> None:
     """The UNet (and the VAE decoder where the error allows) quantized to int8 from the float IR,
-    with the image error against the float IR recorded in the UNet's artefact (see openvino_int8.py)."""
+    with the image error against the float build recorded in the UNet's artefact (see openvino_int8.py)."""
     request, manifest, out = run.request, run.manifest, run.request.out
-    floats = {name: manifest.components[name].openvino for name in COMPILED_COMPONENTS}
+    # Every float IR the float build runs (the text encoders too) decides the calibration and the reference.
+    floats = {name: manifest.components[name].openvino for name in manifest.present(COMPILED_COMPONENTS + TEXT_COMPONENTS, "openvino")}
     size = min(request.build_range.sizes or ((512, 512),))[0]
     settings = {"nncf": package_version("nncf"), "prompts": file_sha256(CALIBRATION_PROMPTS), "size": size,
                 "min_psnr_db": request.int8_min_psnr, **request.int8.to_json(),
@@ -507,8 +508,7 @@ def _openvino_int8(run: _Run, specs: dict[str, ComponentSpec]) -> None:
         return made
 
     def quantized_artefact() -> Artefact:
-        float_model = FloatModel.load(request.model, request.presets_dir, out / floats[UNET].path, out / floats[VAE_DECODER].path,
-                                      specs, settings["calibrated_in"])
+        float_model = FloatModel.load(request.model, request.presets_dir, out, manifest, settings["calibrated_in"])
         unet_inputs, vae_inputs = calibration_inputs(float_model.pipeline, calibration_prompts(), size, request.int8.samples)
         reference = images(float_model.pipeline, size)
         float_model.pipeline.unet = None  # one compiled UNet at a time: NNCF compiles its own copy next

@@ -34,14 +34,13 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from engines.backends.openvino_engine import OpenVINORunner, compile_for_cpu
-from engines.backends.torch_runners import load_text_side
+from engines.backends.openvino_engine import OpenVINOEngine, OpenVINORunner, compile_for_cpu
 from engines.base import GenerationRequest
 from engines.build.openvino_export import IR_FILE
 from engines.core.files import replaced_directory
-from engines.core.numerics import choose_numerics
 from engines.core.pipeline import SDXLTurboPipeline
 from engines.core.specs import ComponentSpec
+from engines.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -100,20 +99,18 @@ class Recording:
 
 @dataclass
 class FloatModel:
-    """The float IR as the loop's runners, with the torch text encoders, to calibrate and compare against."""
+    """The float build as the service loads and runs it (its text encoders, dynamic shapes, the float
+    arithmetic `hint`), to calibrate on and to compare the int8 images against."""
 
     pipeline: SDXLTurboPipeline
     specs: dict[str, ComponentSpec]
-
     hint: str  # the INFERENCE_PRECISION_HINT the service compiles an int8 build's float layers in
 
     @classmethod
-    def load(cls, model: str, presets_dir: Path | None, unet_ir: Path, vae_ir: Path, specs: dict[str, ComponentSpec],
-             hint: str) -> FloatModel:
-        side = load_text_side(model, choose_numerics("cpu", "bf16" if hint == "bf16" else "fp32"), presets_dir)
-        unet = OpenVINORunner(compile_for_cpu(unet_ir, hint), specs["unet"])
-        vae = OpenVINORunner(compile_for_cpu(vae_ir, hint), specs["vae_decoder"])
-        return cls(SDXLTurboPipeline(side.text_encoders, unet, vae, side.config, "cpu"), specs, hint)
+    def load(cls, model: str, presets_dir: Path | None, engine_dir: Path, manifest: Manifest, hint: str) -> FloatModel:
+        engine = OpenVINOEngine(model, engine_dir, manifest, "bf16" if hint == "bf16" else "fp32", presets_dir, static_sizes=())
+        engine.load()
+        return cls(engine.pipeline, manifest.dims.specs(), hint)
 
     def with_runners(self, unet: Path | None = None, vae: Path | None = None) -> SDXLTurboPipeline:
         """The same loop with the UNet and/or VAE decoder replaced by other IR, compiled as the
