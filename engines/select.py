@@ -40,6 +40,7 @@ class EngineRequest:
     vae: str = "full"  # full | tiny (the tiny autoencoder: torch and openvino engines)
     revision: str | None = None  # a hub model's commit, tag or branch
     static_sizes: tuple[tuple[int, int], ...] | None = None  # OpenVINO's static compiles; None: the base size
+    cuda_graphs: bool = False  # TensorRT: UNet and VAE calls replayed as CUDA graphs
 
 
 # --- the machine --------------------------------------------------------------------------------------
@@ -116,7 +117,8 @@ def tensorrt_candidate(request: EngineRequest) -> Candidate:
         return str(exc)
     from engines.backends.tensorrt_engine import TensorRTEngine
 
-    return with_golden(TensorRTEngine(request.model, request.engine_dir, manifest, request.presets_dir, revision=request.revision), manifest)
+    return with_golden(TensorRTEngine(request.model, request.engine_dir, manifest, request.presets_dir, revision=request.revision,
+                                      cuda_graphs=request.cuda_graphs), manifest)
 
 
 def onnxruntime_candidate(request: EngineRequest) -> Candidate:

@@ -50,6 +50,7 @@ class Settings:
     precision: str = "auto"
     vae: str = "full"
     static_sizes: tuple[tuple[int, int], ...] | None = None  # None: the base size; (): none
+    cuda_graphs: bool = False
     host: str = "127.0.0.1"
     port: int = 5000
     cache_dir: Path = dataclasses.field(default_factory=_default_cache_dir)
@@ -93,6 +94,7 @@ class Settings:
             vae=self.vae,
             revision=self.revision,
             static_sizes=self.static_sizes,
+            cuda_graphs=self.cuda_graphs,
         )
 
 
@@ -171,6 +173,8 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "static_sizes": (_static_sizes, "OpenVINO: sizes also compiled with static shapes, e.g. 512x512,768x512 (faster; each costs one more "
                      "copy of the UNet and VAE decoder in memory); other sizes run the dynamic compile, compiled at first use; "
                      "none: the dynamic compile only"),
+    "cuda_graphs": (_flag, "TensorRT: true replays each UNet and VAE call as a CUDA graph over persistent I/O buffers "
+                    "(fewer kernel launches; not yet measured on a GPU)"),
     "host": (_nonempty, "address to listen on"),
     "port": (_bounded(int, 1, 65535), "port to listen on"),
     "cache_dir": (Path, "image cache directory (private to the service user)"),

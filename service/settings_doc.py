@@ -22,6 +22,7 @@ MORE = {
     "precision": "engines.md#precisions",
     "vae": "engines.md#the-tiny-vae",
     "static_sizes": "engines.md#static-sizes",
+    "cuda_graphs": "engines.md#cuda-graphs",
     "cache_dir": "cache.md#the-disk-tier",
     "cache_size": "cache.md#the-disk-tier",
     "memory_cache_size": "cache.md#tiers",
