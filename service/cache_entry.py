@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Mapping
 
 _TRAILER = struct.Struct(">I8s")
 _NOTE_MAGIC = b"sdxlnote"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Entry:
     image: bytes
     truncated: tuple[str, ...] | None  # prompt fields the text encoders cut; None: not known
+    # A memory hit's response headers, made at its first hit and kept with the image (not stored).
+    hit_headers: Mapping[str, str] | None = field(default=None, compare=False, repr=False)
 
     @property
     def size(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from engines.base import ImageEngine
@@ -40,6 +41,32 @@ class ImageResult:
     tier: str | None = None  # the tier a HIT came from
 
 
+class RecentJobs:
+    """Parsed requests by their raw body and Accept header, least recently used out first: a
+    repeated request (a cache hit, mostly) skips decoding, validation and the content key (two
+    SHA-256 of canonical JSON when the seed is derived), which cost more than the rest of a hit.
+    Only what parses to the same job every time is kept: no input image, no random seed."""
+
+    MAX_BODY_BYTES = 4096
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self._jobs: OrderedDict[tuple[bytes, str | None], tuple[ImageJob, str]] = OrderedDict()
+
+    def get(self, raw: bytes, accept: str | None) -> tuple[ImageJob, str] | None:
+        found = self._jobs.get((raw, accept))
+        if found is not None:
+            self._jobs.move_to_end((raw, accept))
+        return found
+
+    def put(self, raw: bytes, accept: str | None, job: ImageJob, key: str) -> None:
+        if len(raw) > self.MAX_BODY_BYTES:
+            return
+        self._jobs[(raw, accept)] = (job, key)
+        if len(self._jobs) > self.size:
+            self._jobs.popitem(last=False)
+
+
 class CachedImages:
     """Images by content key: from the tiers, else computed once for all identical requests in flight
     (in this process through InFlight, across replicas through a lease in the shared tier)."""
@@ -50,10 +77,16 @@ class CachedImages:
         self.tiers = tiers
         self.admission = admission
         self._in_flight: InFlight[tuple[Entry, str]] = InFlight()
+        self.recent = RecentJobs()
 
     def key(self, job: ImageJob) -> str:
         info = self.engine.info
         return content_key(info.model_fingerprint, info.name, job.canonical())
+
+    def memory_hit(self, key: str) -> Entry | None:
+        """The entry in the memory tier, when it holds all a hit needs (its note): answered on the event loop."""
+        entry = self.tiers.get_memory(key)
+        return entry if entry is not None and entry.truncated is not None else None
 
     async def lookup(self, job: ImageJob, key: str) -> Lookup:
         """What every request needs before it is answered: the cached image, if any, and which
