@@ -8,6 +8,7 @@ event loop; everything blocking (the disk tier, the tokenizer, encoding) runs of
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from engines.base import ImageEngine
 from service.admission import AdmissionQueue, Deadline, InFlight
 from service.cache import content_key
-from service.cache_entry import Entry
+from service.cache_entry import Entry, EntryFile
 from service.imaging import encode_image
 from service.metrics import ServiceMetrics
 from service.schema import ImageJob
@@ -24,8 +25,13 @@ from service.tiers import Tiers
 
 @dataclass(frozen=True)
 class Hit:
-    entry: Entry
+    entry: Entry | EntryFile  # a file: an image on disk, sent from its open file
     tier: str  # memory, disk or redis
+
+    def discard(self) -> None:
+        """Done with it without sending it: close its file, if it has one."""
+        if isinstance(self.entry, EntryFile):
+            self.entry.close()
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,7 @@ class Lookup:
 
 @dataclass(frozen=True)
 class ImageResult:
-    data: bytes
+    data: bytes | EntryFile  # a file: sent as it is by the route (sendfile)
     cache_status: str  # HIT, MISS, SHARED (joined an identical request in this process) or REMOTE (made by another replica)
     tier: str | None = None  # the tier a HIT came from
 
@@ -106,18 +112,22 @@ class CachedImages:
     async def stored(self, key: str, output_format: str) -> bytes | None:
         """An image made earlier, by its content key (GET /images/<key>.<format>); None when not (or no longer) cached."""
         hit = await self._find(key, output_format)
-        return None if hit is None else hit.entry.image
+        return None if hit is None else await _image_bytes(hit.entry)
 
     async def get(self, job: ImageJob, key: str, deadline: float) -> ImageResult:
-        """The image for `job`: from the cache, or made (or joined) now."""
-        return await self.answer(job, key, deadline, await self._find(key, job.output_format))
+        """The image for `job` as bytes: from the cache, or made (or joined) now."""
+        result = await self.answer(job, key, deadline, await self._find(key, job.output_format))
+        if isinstance(result.data, EntryFile):
+            return dataclasses.replace(result, data=await _image_bytes(result.data))
+        return result
 
     async def answer(self, job: ImageJob, key: str, deadline: float, cached: Hit | None) -> ImageResult:
         """`cached` (a HIT) when the lookup found it, else the image made for this request (MISS),
         for an identical one already in flight here (SHARED) or on another replica (REMOTE)."""
         if cached is not None:
             self.metrics.cache_result("HIT")
-            return ImageResult(cached.entry.image, "HIT", cached.tier)
+            entry = cached.entry
+            return ImageResult(entry.image if isinstance(entry, Entry) else entry, "HIT", cached.tier)
         (entry, status), shared = await self._in_flight.run(
             key, lambda shared_deadline: self._make_once(job, key, shared_deadline), deadline
         )
@@ -149,3 +159,7 @@ class CachedImages:
         entry = Entry(image, tuple(truncated))
         await self.tiers.set(key, entry)  # only a finished image is ever stored
         return entry
+
+
+async def _image_bytes(entry: Entry | EntryFile) -> bytes:
+    return entry.image if isinstance(entry, Entry) else (await asyncio.to_thread(entry.read)).image

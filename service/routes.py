@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Awaitable, Callable, Mapping, TypeVar
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from multidict import CIMultiDict
 
+from service.cache_entry import EntryFile
 from service.errors import BodyTimeout, BodyTooLarge, DeadlineExceeded, InvalidField, MalformedBody, NotFound, NotReady, UnsupportedMediaType
 from service.openapi import openapi_spec
 from service.schema import (
@@ -176,6 +178,8 @@ async def generate_image(request: web.Request) -> web.Response:
     found = await images.lookup(job, key)
     headers = image_headers(request, job, key, found.truncated)
     if etag_matches(if_none_match, headers["ETag"]):
+        if found.cached is not None:
+            found.cached.discard()
         return web.Response(status=304, headers=headers)
     answer = images.answer(job, key, deadline, found.cached)
     # A hit is answered at once; only a miss waits, within the deadline.
@@ -183,7 +187,30 @@ async def generate_image(request: web.Request) -> web.Response:
     headers["X-Cache"] = result.cache_status
     if result.tier is not None:
         headers["X-Cache-Tier"] = result.tier
+    if isinstance(result.data, EntryFile):
+        return EntryFileResponse(result.data, job.media_type, headers)
     return web.Response(body=result.data, content_type=job.media_type, headers=headers)
+
+
+class EntryFileResponse(web.StreamResponse):
+    """An image sent from its open, checked cache file by sendfile(2): its bytes never enter Python
+    (asyncio reads them in chunks on a thread where the transport cannot sendfile, as with TLS)."""
+
+    def __init__(self, entry: EntryFile, content_type: str, headers: dict[str, str]) -> None:
+        super().__init__(headers=headers)
+        self.content_type = content_type
+        self.content_length = entry.image_size
+        self._entry = entry
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        with self._entry.file:
+            writer = await super().prepare(request)
+            transport = request.transport
+            if transport is None:
+                raise ConnectionResetError("the client went away")
+            await asyncio.get_running_loop().sendfile(transport, self._entry.file, 0, self._entry.image_size)
+        await super().write_eof()
+        return writer
 
 
 async def generation_job(request: web.Request, deadline: float) -> tuple[ImageJob, str]:

@@ -12,7 +12,8 @@ from collections import OrderedDict
 from typing import AsyncContextManager, Protocol
 
 from service.cache import MAGIC, ImageCache
-from service.cache_entry import Entry, decode, encode
+from service.cache_disk import StoredFile
+from service.cache_entry import Entry, EntryFile, decode, encode, entry_in_file
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,9 @@ class MemoryTier:
             _, evicted = self._entries.popitem(last=False)
             self.bytes -= evicted.size
 
+    def fits(self, size: int) -> bool:
+        return size <= self.max_bytes
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -92,12 +96,13 @@ class Tiers:
     def get_memory(self, key: str) -> Entry | None:
         return self.memory.get(key)
 
-    async def get_below_memory(self, key: str, output_format: str) -> tuple[Entry, str] | None:
-        """(entry, tier) from the disk or the shared tier, filling the tiers above; None on a miss."""
-        data = await asyncio.to_thread(self.disk.get, key, output_format)
-        entry = _decoded(data)
+    async def get_below_memory(self, key: str, output_format: str) -> tuple[Entry | EntryFile, str] | None:
+        """(entry, tier) from the disk or the shared tier, filling the tiers above; None on a miss.
+        A disk entry the memory tier would not keep comes as its open file, to be sent as it is."""
+        entry = await asyncio.to_thread(self._from_disk, key, output_format)
         if entry is not None:
-            self.memory.set(key, entry)
+            if isinstance(entry, Entry):
+                self.memory.set(key, entry)
             return entry, "disk"
         if self.shared is None:
             return None
@@ -106,6 +111,18 @@ class Tiers:
             return None
         await self.set_local(key, entry)
         return entry, "redis"
+
+    def _from_disk(self, key: str, output_format: str) -> Entry | EntryFile | None:
+        found = self.disk.get_file(key, output_format)
+        if not isinstance(found, StoredFile):
+            return _decoded(found)
+        try:
+            entry = entry_in_file(found.file, found.size)
+        except (ValueError, OSError):
+            found.file.close()
+            return None
+        # The memory tier needs the bytes anyway: read them here, off the event loop.
+        return entry.read() if self.memory.fits(entry.image_size) else entry
 
     async def set_local(self, key: str, entry: Entry) -> None:
         self.memory.set(key, entry)
