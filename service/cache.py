@@ -170,15 +170,17 @@ class ImageCache:
             return None
         return value
 
-    def set(self, key: str, value: bytes) -> None:
+    def set(self, key: str, value: bytes) -> bool:
+        """Store `value`; False when it was not (no cache, or a failed write: logged once per outage)."""
         if self._cache is None:
-            return
+            return False
         try:
             self._cache.set(key, value)
         except Exception:
             self._failed("write", f"image cache write failed for {key}; the image is served uncached")
-            return
+            return False
         self._recovered("write")
+        return True
 
     def delete(self, key: str) -> None:
         if self._cache is None:

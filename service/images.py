@@ -143,7 +143,7 @@ class CachedImages:
         if await shared.try_lease(key) is False:
             entry = await shared.wait_for(key, job.output_format)
             if entry is not None:
-                await self.tiers.set_local(key, entry)
+                self.tiers.refill_local(key, entry)
                 return entry, "REMOTE"
         # Ours, or Redis cannot say (then every replica computes: slower, never stuck).
         async with shared.holding(key):

@@ -184,8 +184,14 @@ class _TierCollector(Collector):
         faults = disk.faults.snapshot()
         errors.add_metric(["disk"], faults.get("read_error", 0) + faults.get("write_error", 0))
         up.add_metric(["disk"], 1 if disk.enabled and disk.working else 0)
+        refills = CounterMetricFamily(
+            "sdxl_cache_refills", "Disk-tier refills after a Redis hit, done in the background: written, failed, dropped (too many pending)",
+            labels=["result"],
+        )
+        for result, count in self.tiers.refills.counts.items():
+            refills.add_metric([result], count)
         if self.tiers.shared is not None:
             health = self.tiers.shared.health
             errors.add_metric(["redis"], health.errors)
             up.add_metric(["redis"], 1 if health.up else 0)
-        return [errors, up]
+        return [errors, up, refills]
