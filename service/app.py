@@ -37,10 +37,11 @@ logger = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
-def serving_middleware(metrics: ServiceMetrics, max_body_bytes: int) -> Callable[..., Awaitable[web.StreamResponse]]:
+def serving_middleware(metrics: ServiceMetrics, readiness: Readiness, max_body_bytes: int) -> Callable[..., Awaitable[web.StreamResponse]]:
     """The outermost middleware, in one pass (one coroutine frame per request, not three): every
     request gets an id (the client's, if it sent a sane one), echoed in a header and in logs; an
-    error becomes its JSON answer; each request is counted by route, status and outcome."""
+    error becomes its JSON answer; each request is counted by route, status and outcome, and
+    while it is served (the shutdown drain waits for it)."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
@@ -50,6 +51,7 @@ def serving_middleware(metrics: ServiceMetrics, max_body_bytes: int) -> Callable
         request[REQUEST_ID_KEY] = request_id
         current_request_id.set(request_id)
         status, cache_status = 500, None
+        readiness.requests += 1
         try:
             try:
                 response = await handler(request)
@@ -66,6 +68,7 @@ def serving_middleware(metrics: ServiceMetrics, max_body_bytes: int) -> Callable
             status = exc.status
             raise
         finally:
+            readiness.requests -= 1
             metrics.request_done(request, status, cache_status, time.perf_counter() - started)
 
     return middleware
@@ -130,7 +133,8 @@ def create_app(settings: Settings, engine: ImageEngine, cache: ImageCache, api_k
     """`api_keys`: the keys read from --api-keys-file; None leaves the service open."""
     metrics = ServiceMetrics()
     # Outermost first: the metrics see the status of the JSON answer an error became (a refused key's 401).
-    middlewares = [serving_middleware(metrics, settings.max_body_bytes)]
+    readiness = Readiness()
+    middlewares = [serving_middleware(metrics, readiness, settings.max_body_bytes)]
     if settings.cors_origins:
         # Outside errors and keys: their answers carry CORS too.
         middlewares += [cors_middleware(settings.cors_origins), error_middleware(settings.max_body_bytes)]
@@ -143,7 +147,7 @@ def create_app(settings: Settings, engine: ImageEngine, cache: ImageCache, api_k
     app[SETTINGS] = settings
     app[ENGINE] = engine
     app[CACHE] = cache
-    app[READINESS] = Readiness()
+    app[READINESS] = readiness
     app[LIMITS] = RequestLimits(
         max_prompt_chars=settings.max_prompt_chars, max_steps=settings.max_steps, engine=engine.limits,
         max_input_pixels=settings.max_input_pixels, max_images=settings.max_images,

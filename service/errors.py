@@ -76,6 +76,13 @@ class NotReady(ApiError):
         super().__init__(message, headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
 
 
+class ShuttingDown(NotReady):
+    """Past the shutdown timeout with the request's body still arriving: answered before the rest is
+    read, and the connection closed after the answer (the rest of the body is not awaited)."""
+
+    close_connection = True
+
+
 class DeadlineExceeded(ApiError):
     status, code = 504, "deadline_exceeded"
 

@@ -14,7 +14,9 @@ from aiohttp.abc import AbstractStreamWriter
 from multidict import CIMultiDict
 
 from service.cache_entry import EntryFile
-from service.errors import BodyTimeout, BodyTooLarge, DeadlineExceeded, InvalidField, MalformedBody, NotFound, NotReady, UnsupportedMediaType
+from service.errors import (
+    BodyTimeout, BodyTooLarge, DeadlineExceeded, InvalidField, MalformedBody, NotFound, NotReady, ShuttingDown, UnsupportedMediaType,
+)
 from service.openapi import openapi_spec
 from service.schema import (
     FORMATS, MIN_REQUEST_TIMEOUT, RANDOM_SEED, ImageJob, decode_json_body, has_input_image, parse_generation_request, parse_openai_edit, parse_openai_request,
@@ -57,11 +59,19 @@ async def read_body(request: web.Request, deadline: float) -> bytes:
     if request.content.is_eof():
         return await request.read()
     limit = min(request.app[SETTINGS].body_timeout, deadline - asyncio.get_running_loop().time())
+    # Still arriving: read it unless the shutdown timeout passes first (then 503, the rest unread).
+    reading = asyncio.ensure_future(request.read())  # over the size limit: aiohttp raises 413
+    stopping = asyncio.ensure_future(request.app[READINESS].stop_reading.wait())
     try:
-        async with asyncio.timeout(limit):
-            return await request.read()  # over the size limit: aiohttp raises 413
-    except TimeoutError:
-        raise BodyTimeout(f"the request body did not arrive within {limit:.1f} s") from None
+        await asyncio.wait((reading, stopping), timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        reading.cancel()
+    if reading.done() and not reading.cancelled():
+        return reading.result()
+    if stopping.done() and not stopping.cancelled():
+        raise ShuttingDown("the service is shutting down and this request's body had not arrived; retry on another replica")
+    raise BodyTimeout(f"the request body did not arrive within {limit:.1f} s")
 
 
 async def decode_body(raw: bytes) -> object:
