@@ -33,7 +33,7 @@ from benchmarks.launcher import ServiceProcess
 from benchmarks.redis_server import RedisServer
 
 GENERATE_PATH = "/generate-image"
-WORKERS = 4
+WORKERS = 8
 HOT_SHARE = 0.75  # of requests repeat one of HOT_PROMPTS (hits); the rest are new (misses)
 HOT_PROMPTS = 4
 TMPFS_BYTES = 32 * 1024**2
