@@ -130,10 +130,17 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
     return etag in candidates or "*" in candidates
 
 
+def image_path(job: ImageJob, key: str) -> str:
+    """Where GET /images/<key>.<format> serves the image `job` makes."""
+    return f"/images/{key}.{job.output_format}"
+
+
 def image_headers(request: web.Request, job: ImageJob, key: str, truncated: list[str]) -> dict[str, str]:
     headers = {
         "ETag": f'"{key}"',
+        "Content-Location": image_path(job, key),  # the same bytes, by their content address
         "X-Seed": str(job.generation.seed),
+        "X-Num-Inference-Steps": str(job.generation.num_inference_steps),
         "X-Engine": request.app[ENGINE].info.name,
     }
     if truncated:
@@ -294,11 +301,12 @@ async def openai_answer(request: web.Request, jobs: list[ImageJob], deadline: fl
     )
     if as_urls:
         base = f"{request.scheme}://{request.host}"
-        data = [{"url": f"{base}/images/{key}.{job.output_format}", "seed": job.generation.seed} for job, key in zip(jobs, keys)]
+        data = [{"url": base + image_path(job, key), "seed": job.generation.seed} for job, key in zip(jobs, keys)]
     else:
         encoded = await asyncio.to_thread(lambda: [base64.b64encode(r.data).decode("ascii") for r in results])
         data = [{"b64_json": b64, "seed": job.generation.seed} for job, b64 in zip(jobs, encoded)]
-    headers = {"X-Engine": request.app[ENGINE].info.name}
+    # The n images share their steps: an edit's default count is said here, as /generate-image says it.
+    headers = {"X-Engine": request.app[ENGINE].info.name, "X-Num-Inference-Steps": str(jobs[0].generation.num_inference_steps)}
     return web.json_response({"created": int(time.time()), "data": data}, headers=headers)
 
 
