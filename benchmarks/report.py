@@ -120,7 +120,7 @@ def _summary_rows(results: dict[str, Any]) -> list[list[str]]:
         rows.append([f"memory-tier hit p50 latency, {versus}", f"{summary['cache_hit_p50_ratio']:.2f}x"])
         rows.append([f"memory-tier hits per second, {versus}", f"{summary['cache_hit_per_second_ratio']:.2f}"])
     if "cache_goals" in summary:
-        rows.append(["cache tiers: issue 14's goals met (see Cache hits)", f"{summary['cache_goals_met']} of {summary['cache_goals']}"])
+        rows.append(["cache tiers: issue 24's goals met (see Cache hits)", f"{summary['cache_goals_met']} of {summary['cache_goals']}"])
     if "replicas_images_per_unique_request" in summary:
         label = "two replicas sharing Redis: images made per unique request (goal: exactly 1)"
         rows.append([label, f"{summary['replicas_images_per_unique_request']:.2f}"])
@@ -302,7 +302,7 @@ def _cache_hits(results: dict[str, Any]) -> list[str]:
          {True: "met", False: "**not met**", None: "not measured"}[g["met"]]]
         for g in hits["goals"]
     ]
-    goals = ["Issue 14's goals, each at every concurrency level (the worst level shown):", ""]
+    goals = ["Issue 24's goals, each at every concurrency level (the worst level shown):", ""]
     goals += table(["figure", "goal", "worst level", ""], goal_rows)
     return [title, "", intro, ""] + table(header, rows) + goals
 
