@@ -52,7 +52,7 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
 def markdown(results: dict[str, Any]) -> str:
     """The whole report: a header on the machine and the command, the summary, then one table per section."""
     out = _header(results) + ["## Summary", ""] + table(["figure", "value"], _summary_rows(results))
-    for section in (_cpu_goals, _peak, _components, _baseline_and_peers, _http, _int8, _cache_hits, _replicas, _scale):
+    for section in (_cpu_goals, _peak, _components, _baseline_and_peers, _http, _int8, _cache_hits, _replicas, _faults, _scale):
         out += section(results)
     if results.get("notes"):
         out += ["## Notes", ""] + [f"- {note}" for note in results["notes"]] + [""]
@@ -126,7 +126,7 @@ def _summary_rows(results: dict[str, Any]) -> list[list[str]]:
         rows.append([f"memory-tier hit p50 latency, {versus}", f"{summary['cache_hit_p50_ratio']:.2f}x"])
         rows.append([f"memory-tier hits per second, {versus}", f"{summary['cache_hit_per_second_ratio']:.2f}"])
     if "cache_goals" in summary:
-        rows.append(["cache tiers: issue 14's goals met (see Cache hits)", f"{summary['cache_goals_met']} of {summary['cache_goals']}"])
+        rows.append(["cache tiers: issue 24's goals met (see Cache hits)", f"{summary['cache_goals_met']} of {summary['cache_goals']}"])
     if "replicas_images_per_unique_request" in summary:
         label = "two replicas sharing Redis: images made per unique request (goal: exactly 1)"
         rows.append([label, f"{summary['replicas_images_per_unique_request']:.2f}"])
@@ -341,7 +341,7 @@ def _cache_hits(results: dict[str, Any]) -> list[str]:
          {True: "met", False: "**not met**", None: "not measured"}[g["met"]]]
         for g in hits["goals"]
     ]
-    goals = ["Issue 14's goals, each at every concurrency level (the worst level shown):", ""]
+    goals = ["Issue 24's goals, each at every concurrency level (the worst level shown):", ""]
     goals += table(["figure", "goal", "worst level", ""], goal_rows)
     return [title, "", intro, ""] + table(header, rows) + goals
 
@@ -369,6 +369,24 @@ def _replicas(results: dict[str, Any]) -> list[str]:
         *table(["", "requests", "X-Cache", "engine calls", "images made"], rows),
         f"Images made per unique request: **{replicas['images_per_unique_request']:.2f}** (engine calls "
         f"{replicas['engine_calls_per_unique_request']:.2f}); goal exactly 1, all answered: {verdict}.",
+        "",
+    ]
+
+
+def _faults(results: dict[str, Any]) -> list[str]:
+    faults = results.get("faults")
+    if not faults:
+        return []
+    rows = [[kind, str(count)] for kind, count in sorted(faults["outcomes"].items())]
+    verdict = "met" if faults["failures"] == 0 else "**not met**"
+    return [
+        "## Faults under load (two tiny-model replicas sharing Redis)",
+        "",
+        f"{faults['duration_s']:.0f} s of steady hits and misses while these ran: {', '.join(faults['faults'])} "
+        f"(disk: {faults['disk']}). Every answer counted; rerouted: could not connect to the stopped replica, sent to the other.",
+        "",
+        *table(["outcome", "answers"], rows),
+        f"Failures (a 500, a 503 without Retry-After, a reset, a wrong image): **{faults['failures']}**; goal none: {verdict}.",
         "",
     ]
 

@@ -36,6 +36,7 @@ from benchmarks.launcher import ServiceProcess
 from benchmarks.machine import device_precisions, load_average, machine_facts, machine_label
 from benchmarks.peers import PEERS_PYTHON, PeerJob, run_peers
 from benchmarks.plan import Plan
+from benchmarks.faults import run_faults
 from benchmarks.replicas import run_replicas
 from benchmarks.scale import measure_served_scale
 from benchmarks.summary import summarize
@@ -45,7 +46,7 @@ from engines.core.numerics import choose_numerics
 from engines.manifest import Manifest, ManifestError
 
 logger = logging.getLogger(__name__)
-SECTIONS = ("components", "baseline", "http", "cache_hits", "int8", "replicas", "scale", "peers")
+SECTIONS = ("components", "baseline", "http", "cache_hits", "int8", "replicas", "faults", "scale", "peers")
 PROCESS_FACTS = ("precision", "numerics", "model_fingerprint", "load_seconds", "peak_rss_bytes", "load_average_at_end")
 
 
@@ -99,6 +100,9 @@ def run_suite(options: Options) -> dict[str, Any]:
     if "replicas" in options.sections:
         replica_args = functools.partial(_service_args, options, model=options.plan.replica_model)
         _section(results, "replicas", lambda: run_replicas(replica_args, options.plan))
+    if "faults" in options.sections:
+        fault_args = functools.partial(_service_args, options, model="tiny")
+        _section(results, "faults", lambda: run_faults(fault_args, options.plan.service_ready_timeout_s))
     if "scale" in options.sections:
         _run_scale(options, results)
     if "peers" in options.sections:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 ENV_PREFIX = "SDXL_"
 LOG_FORMATS = ("auto", "text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+ACCESS_LOG_MODES = ("all", "errors", "off")
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3}
 
 
@@ -75,6 +76,7 @@ class Settings:
     shutdown_timeout: float = 30.0
     log_level: str = "INFO"
     log_format: str = "auto"
+    access_log: str = "all"
     api_keys_file: Path | None = None
     metrics_require_key: bool = False
     max_queue_share: float = 0.5
@@ -199,6 +201,7 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "shutdown_timeout": (_bounded(float, 0, 3_600), "seconds in-flight requests get to finish on SIGTERM"),
     "log_level": (_choice(LOG_LEVELS), f"logging level, {' | '.join(LOG_LEVELS)}; DEBUG also logs the probes and scrapes"),
     "log_format": (_choice(LOG_FORMATS), "auto: text on a terminal, else json; json: one object a line with the request id; text: for people"),
+    "access_log": (_choice(ACCESS_LOG_MODES), "all: a line per request; errors: only those answered 400 or above; off: none (logs shipped elsewhere, e.g. by a proxy)"),
     "api_keys_file": (Path, "file of API keys, one per line: with it, every route but the probes, the page and /openapi.json needs a key"),
     "metrics_require_key": (_flag, "true: /metrics needs an API key too (by default it is open for the scraper)"),
     "max_queue_share": (_bounded(float, 0.01, 1), "with API keys: the largest share of the queue one key may hold"),

@@ -45,6 +45,7 @@ MORE = {
     "shutdown_timeout": "operations.md#shutdown",
     "log_level": "operations.md#logs",
     "log_format": "operations.md#logs",
+    "access_log": "operations.md#logs",
     "api_keys_file": "api.md#api-keys",
     "metrics_require_key": "api.md#api-keys",
     "max_queue_share": "api.md#api-keys",

@@ -109,7 +109,7 @@ def test_quick_json_has_every_section(quick_run: dict[str, Path]) -> None:
     for tier in tiers[2:]:
         args = tier["service_args"]
         assert args[args.index("--memory-cache-size") + 1] == "0" and "--cache-url" in args
-    assert [g["met"] is not None for g in results["cache_hits"]["goals"]] == [True] * 4
+    assert [g["met"] is not None for g in results["cache_hits"]["goals"]] == [True] * 5
 
     replicas = results["replicas"]
     assert replicas["ok"] == replicas["requests"] == QUICK.replica_prompts * QUICK.replica_copies
