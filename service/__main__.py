@@ -63,8 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: --api-keys-file {settings.api_keys_file}: {exc}", file=sys.stderr)
         return 2
-    with queued_logging(settings.log_level, settings.log_format) as log_format:
-        code, engine_busy = run(settings, api_keys, log_format)
+    try:
+        with queued_logging(settings.log_level, settings.log_format) as log_format:
+            code, engine_busy = run(settings, api_keys, log_format)
+    except EngineUnavailable as exc:
+        # Printed once the log listener has written what was queued: the line stays a line of its own.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if engine_busy:
         # A model call outlived --shutdown-timeout and the grace after it. Its thread cannot be
         # interrupted, and the interpreter's own exit would tear down the native libraries under it
@@ -82,12 +87,8 @@ def run(settings: Settings, api_keys: ApiKeys | None, log_format: str) -> tuple[
     from engines.select import prepare_and_select
 
     logger.info("imported torch and diffusers, %.1f s", time.perf_counter() - started)
-    try:
-        # Before listening: a missing or unreachable model ends here, in one line, with exit 2.
-        engine = prepare_and_select(settings.engine_request())
-    except EngineUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2, False
+    # Before listening: a missing or unreachable model raises EngineUnavailable here (main: one line, exit 2).
+    engine = prepare_and_select(settings.engine_request())
     cache = ImageCache(settings.cache_dir, settings.cache_size)  # never raises: a broken cache is bypassed
     app = create_app(settings, engine, cache, api_keys)
     code = asyncio.run(serve(app, settings))
