@@ -139,12 +139,13 @@ bench: gpu-install redis
 	$(PY_GPU) build_engines.py --model sdxl-random --out $(BENCH_ENGINES)
 	$(PY_GPU) -m benchmarks --model sdxl-random --engine-dir $(BENCH_ENGINES)
 else
-# The CPU path as users get it: OpenVINO IR for sdxl-random (built once, ~7 min, 21 GB peak; a
-# second run does nothing), the whole suite against the diffusers baseline and the peers (their export
-# of sdxl-random is kept in build/peers), then the tiny VAE over HTTP.
+# The CPU path as users get it: OpenVINO IR for sdxl-random and its int8 build (built once; a second
+# run does nothing), the whole suite against the diffusers baseline and the peers (their export of
+# sdxl-random is kept in build/peers), the int8 build served beside the float one, then the tiny VAE
+# over HTTP.
 BENCH_ENGINES ?= build/engines-cpu
 bench: install peers-install redis
-	$(PY) build_engines.py --model sdxl-random --out $(BENCH_ENGINES) --target cpu
+	$(PY) build_engines.py --model sdxl-random --out $(BENCH_ENGINES) --target cpu --precision int8
 	$(PY) -m benchmarks --model sdxl-random --engine-dir $(BENCH_ENGINES)
 	$(PY) -m benchmarks --model sdxl-random --engine-dir $(BENCH_ENGINES) --vae tiny --sections http,cache_hits --out benchmarks/results/vae-tiny
 endif
@@ -154,12 +155,14 @@ bench-quick: install peers-install redis
 
 # ---- GPU checks -------------------------------------------------------------------------------
 
-# The whole gpu tier (TensorRT included): builds plans for the tiny model, compares them with
-# torch, starts the service on them and makes an image. The first line fails here, not in a row
-# of skipped tests, when torch sees no GPU.
-gpu-check: gpu-install
-	$(PY_GPU) -c "import sys, torch, tensorrt; ok = torch.cuda.is_available(); print('torch', torch.__version__, 'TensorRT', tensorrt.__version__, 'GPU', torch.cuda.get_device_name(0) if ok else None); sys.exit(0 if ok else 'torch sees no CUDA GPU')"
-	$(PY_GPU) -m pytest -m gpu -v -s -p no:cacheprovider $(PYTEST_ARGS)
+# The first GPU machine's one command (no network needed): scripts/gpu_check.py makes .venv-gpu
+# from the wheels in .whl/ when it is missing, runs the torch-on-CUDA tier, builds the tiny and the
+# sdxl-random TensorRT plans, runs the TensorRT tier and the GPU benchmark plan within a deadline,
+# and writes build/gpu-check/report.md, the one file to send back. `make gpu-check GPU_CHECK_ARGS=--dry-run`
+# lists the steps and checks what they need (the CPU suite runs it).
+GPU_CHECK_ARGS ?=
+gpu-check: driver-check
+	$(PYTHON) scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
 # PyTorch on CUDA alone, for a bare GPU machine without network that already has Python 3.12 and
 # a CUDA build of torch: the project's other dependencies come from the wheels in .whl/ (made by

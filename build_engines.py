@@ -4,7 +4,7 @@ TensorRT plans for this GPU, and write DIR/manifest.json. A thin command line ov
 Examples:
     python build_engines.py --model tiny --out build/engines --onnx-only
     python build_engines.py --model stabilityai/sdxl-turbo --out build/engines --batch 1-4 --sizes 512x512,768x768
-    python build_engines.py --model stabilityai/sdxl-turbo --out build/engines-int8 --target cpu --precision int8
+    python build_engines.py --model stabilityai/sdxl-turbo --out build/engines-cpu --target cpu --precision int8
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Sequence
 
 from engines.base import BUILD_PRECISIONS, DEFAULT_MODEL, TARGETS
 from engines.build.builder import BuildError, BuildRequest, build
-from engines.build.openvino_int8 import MIN_PSNR_DB
+from engines.build.openvino_int8 import DEFAULT_SAMPLES, INT8_MODES, MIN_PSNR_DB, Int8Options
 from engines.core.specs import BuildRange, Size
 
 logger = logging.getLogger("build_engines")
@@ -56,6 +56,12 @@ def parse_decibels(text: str) -> float:
     return value
 
 
+def parse_samples(text: str) -> int:
+    if not text.strip().isdigit() or not 1 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of UNet inputs from 1 to 1000, e.g. {DEFAULT_SAMPLES}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python build_engines.py",
@@ -74,6 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--int8-min-psnr", type=parse_decibels, default=None, metavar="DB",
         help=f"--precision int8: the least PSNR of the int8 images against the float ones (default {MIN_PSNR_DB:g} dB)",
+    )
+    parser.add_argument(
+        "--calibration-samples", type=parse_samples, default=None, metavar="N",
+        help=f"--precision int8: how many UNet inputs NNCF calibrates on (default {DEFAULT_SAMPLES}; "
+             "time and memory grow with it)",
+    )
+    parser.add_argument(
+        "--int8-mode", choices=INT8_MODES, default=None,
+        help="--precision int8: full (int8 MatMuls and convolutions, the default) or hybrid (int8 MatMul weights "
+             "computed in float, int8 convolutions)",
     )
     parser.add_argument("--batch", type=parse_batch, default=(1, 1), help="requests per batch: N or MIN-MAX (default 1)")
     sizes = parser.add_mutually_exclusive_group()
@@ -106,8 +122,11 @@ def build_range(args: argparse.Namespace) -> BuildRange:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.int8_min_psnr is not None and args.precision != "int8":
-        parser.error("--int8-min-psnr: applies to --precision int8 only")
+    for flag in ("int8_min_psnr", "calibration_samples", "int8_mode"):
+        if getattr(args, flag) is not None and args.precision != "int8":
+            parser.error(f"--{flag.replace('_', '-')}: applies to --precision int8 only")
+    int8 = Int8Options(**{name: value for name, value in (("samples", args.calibration_samples), ("mode", args.int8_mode))
+                          if value is not None})
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         request = BuildRequest(
@@ -122,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             presets_dir=args.presets_dir,
             revision=args.revision,
             int8_min_psnr=MIN_PSNR_DB if args.int8_min_psnr is None else args.int8_min_psnr,
+            int8=int8,
         )
     except ValueError as exc:
         parser.error(str(exc))

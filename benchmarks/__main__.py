@@ -27,7 +27,7 @@ from benchmarks.report import markdown, write_reports
 from benchmarks.suite import SECTIONS, Options, run_suite
 from engines.base import DEVICES, ENGINES, PRECISIONS, VAES
 
-RESULTS_DIR = Path(__file__).with_name("results")  # committed: the figures the README quotes
+RESULTS_DIR = Path(__file__).with_name("results")  # committed: the figures docs/performance.md quotes
 SCRATCH_DIR = Path(__file__).with_name("scratch")  # ignored: quick runs
 
 

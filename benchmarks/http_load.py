@@ -156,6 +156,17 @@ def run_http(base_url: str, plan: Plan) -> dict[str, Any]:
     return asyncio.run(_run_http(base_url, plan))
 
 
+def run_misses(base_url: str, plan: Plan, concurrency: int = 1) -> dict[str, Any]:
+    """Cache misses alone at one concurrency: another engine's figure beside the HTTP section's."""
+
+    async def misses() -> dict[str, Any]:
+        async with client_session() as session:
+            count = max(plan.miss_min_requests, concurrency * plan.miss_requests_per_client)
+            return (await drive(session, base_url, Payloads(plan.size).fresh(count), concurrency)).summary()
+
+    return asyncio.run(misses())
+
+
 async def _run_http(base_url: str, plan: Plan) -> dict[str, Any]:
     payloads = Payloads(plan.size)
     async with client_session() as session:

@@ -18,7 +18,7 @@ import redis
 from benchmarks.launcher import free_port
 
 REDIS_SERVER = shutil.which("redis-server")
-# As the README asks of the shared tier: a cache, nothing persisted, least recently used out first.
+# As docs/cache.md asks of the shared tier: a cache, nothing persisted, least recently used out first.
 CACHE_ARGS = ("--save", "", "--appendonly", "no", "--maxmemory-policy", "allkeys-lru")
 
 

@@ -52,7 +52,7 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
 def markdown(results: dict[str, Any]) -> str:
     """The whole report: a header on the machine and the command, the summary, then one table per section."""
     out = _header(results) + ["## Summary", ""] + table(["figure", "value"], _summary_rows(results))
-    for section in (_peak, _components, _baseline_and_peers, _http, _cache_hits, _replicas, _scale):
+    for section in (_cpu_goals, _peak, _components, _baseline_and_peers, _http, _int8, _cache_hits, _replicas, _faults, _scale):
         out += section(results)
     if results.get("notes"):
         out += ["## Notes", ""] + [f"- {note}" for note in results["notes"]] + [""]
@@ -95,12 +95,18 @@ def _summary_rows(results: dict[str, Any]) -> list[list[str]]:
     if "ours_in_process_s" in summary:
         label = f"our time per image in process ({in_process_engine(results)}, {size}x{size}, 1 step, no HTTP)"
         rows.append([label, fmt_s(summary["ours_in_process_s"])])
+    if "ours_int8_http_s" in summary:
+        label = f"our time per image over HTTP, int8 build ({summary.get('int8_engine', 'int8')}, p50 at concurrency 1)"
+        rows.append([label, fmt_s(summary["ours_int8_http_s"])])
     if "peer_s" in summary:
         rows.append([f"fastest peer: {summary['peer_name']}, per image", fmt_s(summary["peer_s"])])
+    if "float_peer_s" in summary and summary["float_peer_name"] != summary.get("peer_name"):
+        rows.append([f"fastest peer with float weights: {summary['float_peer_name']}, per image", fmt_s(summary["float_peer_s"])])
     if "baseline_s" in summary:
         rows.append([f"{results['baseline']['name']}, {results['baseline']['precision']}, per image", fmt_s(summary["baseline_s"])])
-    for versus, words in (("peer", "the fastest peer"), ("baseline", "the baseline")):
-        for ours, label in (("ours_http", "ours over HTTP"), ("ours_in_process", "ours in process")):
+    for versus, words in (("peer", "the fastest peer"), ("float_peer", "the fastest float peer"), ("baseline", "the baseline")):
+        for ours, label in (("ours_http", "ours over HTTP"), ("ours_int8_http", "ours int8 over HTTP"),
+                            ("ours_in_process", "ours in process")):
             if f"{ours}_over_{versus}" in summary:
                 ratio = summary[f"{ours}_over_{versus}"]
                 verdict = f"{1 / ratio:.1f}x faster than" if ratio < 1 else f"{ratio:.1f}x slower than"
@@ -120,7 +126,7 @@ def _summary_rows(results: dict[str, Any]) -> list[list[str]]:
         rows.append([f"memory-tier hit p50 latency, {versus}", f"{summary['cache_hit_p50_ratio']:.2f}x"])
         rows.append([f"memory-tier hits per second, {versus}", f"{summary['cache_hit_per_second_ratio']:.2f}"])
     if "cache_goals" in summary:
-        rows.append(["cache tiers: issue 14's goals met (see Cache hits)", f"{summary['cache_goals_met']} of {summary['cache_goals']}"])
+        rows.append(["cache tiers: issue 24's goals met (see Cache hits)", f"{summary['cache_goals_met']} of {summary['cache_goals']}"])
     if "replicas_images_per_unique_request" in summary:
         label = "two replicas sharing Redis: images made per unique request (goal: exactly 1)"
         rows.append([label, f"{summary['replicas_images_per_unique_request']:.2f}"])
@@ -235,6 +241,39 @@ def _baseline_and_peers(results: dict[str, Any]) -> list[str]:
     return out + table(header, rows)
 
 
+def _cpu_goals(results: dict[str, Any]) -> list[str]:
+    goals = results["summary"].get("cpu_goals")
+    if not goals:
+        return []
+    value = {"ratio": lambda v: f"{v:.2f}", "seconds": fmt_s, "bytes": fmt_bytes}
+    rows = [[g["goal"], value[g["unit"]](g["value"]), f"≤ {value[g['unit']](g['limit'])}", "met" if g["met"] else "NOT met"]
+            for g in goals]
+    return ["## The CPU path's goals", ""] + table(["goal", "measured", "limit", ""], rows)
+
+
+def _int8(results: dict[str, Any]) -> list[str]:
+    int8 = results.get("int8")
+    if not int8:
+        return []
+    build, misses = int8["build"], int8.get("misses", {})
+    quality = build.get("quality", {})
+    psnr = "identical" if quality.get("psnr_db") is None else f"{quality['psnr_db']:.1f} dB"
+    rows = [
+        ["how it was made", f"{build.get('mode', 'full')} quantization, {build.get('samples', '–')} calibration inputs, "
+                            f"calibrated in {build.get('calibrated_in', '–')}, VAE decoder {build.get('vae_decoder', '–')}"],
+        ["the build's int8 step: time, process peak resident", f"{fmt_s(build.get('seconds'))}, {fmt_bytes(build.get('peak_rss_bytes'))}"],
+        [f"image error against the float build ({quality.get('images', '–')} images)",
+         f"PSNR {psnr}, mean |error| {quality.get('mean_abs', 0):.2f} levels, max {quality.get('max_abs', 0):.0f}"],
+        ["served: start to /readyz, peak resident", f"{fmt_s(int8.get('seconds_to_ready'))}, {fmt_bytes(int8.get('peak_rss_bytes'))}"],
+        [f"cache misses at concurrency 1 ({misses.get('ok', 0)}/{misses.get('requests', 0)} ok): p50, p95",
+         f"{fmt_s(misses.get('latency_s', {}).get('p50'))}, {fmt_s(misses.get('latency_s', {}).get('p95'))}"],
+        ["inside the service, mean per miss", ", ".join(f"{k} {fmt_s(v)}" for k, v in int8.get("stages_s", {}).items()) or "–"],
+    ]
+    caveat = ("Random weights (sdxl-random) say little about the error on the real model: its activations have "
+              "other ranges. The error is measured on the build's own fixed prompts and seeds.")
+    return [f"## The int8 build over HTTP (`{int8.get('engine', '–')}`)", "", caveat, ""] + table(["figure", "value"], rows)
+
+
 def _http(results: dict[str, Any]) -> list[str]:
     http = results.get("http")
     if not http:
@@ -302,7 +341,7 @@ def _cache_hits(results: dict[str, Any]) -> list[str]:
          {True: "met", False: "**not met**", None: "not measured"}[g["met"]]]
         for g in hits["goals"]
     ]
-    goals = ["Issue 14's goals, each at every concurrency level (the worst level shown):", ""]
+    goals = ["Issue 24's goals, each at every concurrency level (the worst level shown):", ""]
     goals += table(["figure", "goal", "worst level", ""], goal_rows)
     return [title, "", intro, ""] + table(header, rows) + goals
 
@@ -330,6 +369,24 @@ def _replicas(results: dict[str, Any]) -> list[str]:
         *table(["", "requests", "X-Cache", "engine calls", "images made"], rows),
         f"Images made per unique request: **{replicas['images_per_unique_request']:.2f}** (engine calls "
         f"{replicas['engine_calls_per_unique_request']:.2f}); goal exactly 1, all answered: {verdict}.",
+        "",
+    ]
+
+
+def _faults(results: dict[str, Any]) -> list[str]:
+    faults = results.get("faults")
+    if not faults:
+        return []
+    rows = [[kind, str(count)] for kind, count in sorted(faults["outcomes"].items())]
+    verdict = "met" if faults["failures"] == 0 else "**not met**"
+    return [
+        "## Faults under load (two tiny-model replicas sharing Redis)",
+        "",
+        f"{faults['duration_s']:.0f} s of steady hits and misses while these ran: {', '.join(faults['faults'])} "
+        f"(disk: {faults['disk']}). Every answer counted; rerouted: could not connect to the stopped replica, sent to the other.",
+        "",
+        *table(["outcome", "answers"], rows),
+        f"Failures (a 500, a 503 without Retry-After, a reset, a wrong image): **{faults['failures']}**; goal none: {verdict}.",
         "",
     ]
 

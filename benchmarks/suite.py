@@ -20,7 +20,7 @@ import os
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,21 +30,23 @@ import torch
 from benchmarks.baseline import baseline_precision
 from benchmarks.cache_hits import goals, measure_memory_tier, run_lower_tiers
 from benchmarks.components import PRECISION_NAMES, backend_plan
-from benchmarks.http_load import run_http, served_stage_means
+from benchmarks.http_load import run_http, run_misses, served_stage_means
 from benchmarks.isolation import run_isolated
 from benchmarks.launcher import ServiceProcess
 from benchmarks.machine import device_precisions, load_average, machine_facts, machine_label
 from benchmarks.peers import PEERS_PYTHON, PeerJob, run_peers
 from benchmarks.plan import Plan
+from benchmarks.faults import run_faults
 from benchmarks.replicas import run_replicas
 from benchmarks.scale import measure_served_scale
 from benchmarks.summary import summarize
 from benchmarks.workers import PrecisionJob, run_precision_job
 from engines.core.hardware import cpu_has_bf16, usable_cpu_count
 from engines.core.numerics import choose_numerics
+from engines.manifest import Manifest, ManifestError
 
 logger = logging.getLogger(__name__)
-SECTIONS = ("components", "baseline", "http", "cache_hits", "replicas", "scale", "peers")
+SECTIONS = ("components", "baseline", "http", "cache_hits", "int8", "replicas", "faults", "scale", "peers")
 PROCESS_FACTS = ("precision", "numerics", "model_fingerprint", "load_seconds", "peak_rss_bytes", "load_average_at_end")
 
 
@@ -93,9 +95,14 @@ def run_suite(options: Options) -> dict[str, Any]:
     _run_model_sections(options, results, service_precision)
     if {"http", "cache_hits"} & set(options.sections):
         _run_service_sections(options, results)
+    if "int8" in options.sections:
+        _run_int8(options, results)
     if "replicas" in options.sections:
         replica_args = functools.partial(_service_args, options, model=options.plan.replica_model)
         _section(results, "replicas", lambda: run_replicas(replica_args, options.plan))
+    if "faults" in options.sections:
+        fault_args = functools.partial(_service_args, options, model="tiny")
+        _section(results, "faults", lambda: run_faults(fault_args, options.plan.service_ready_timeout_s))
     if "scale" in options.sections:
         _run_scale(options, results)
     if "peers" in options.sections:
@@ -205,32 +212,72 @@ def _run_service_sections(options: Options, results: dict[str, Any]) -> None:
 def _run_main_service(options: Options, results: dict[str, Any], cache_dir: str) -> dict[str, Any] | None:
     """The HTTP section and the memory tier's hits on the service as a user starts it; returns the
     memory tier's figures (None when the cache-hit section is not asked for, or the service failed)."""
-    args = _service_args(options, cache_dir)
-    service = ServiceProcess(args)
-    info: dict[str, Any] = {"args": args, "env": {k: v for k, v in os.environ.items() if k.startswith("SDXL_")}}
+    info: dict[str, Any] = {"env": {k: v for k, v in os.environ.items() if k.startswith("SDXL_")}}
     results["service"] = info
-    memory = None
+    found: dict[str, Any] = {}
+
+    def measure(base_url: str) -> None:
+        if "http" in options.sections:
+            _section(results, "http", lambda: run_http(base_url, options.plan))
+            info["stages_s"] = served_stage_means(base_url)
+        if "cache_hits" in options.sections:
+            found["memory"] = measure_memory_tier(base_url, options.plan)
+
+    _measure_service(_service_args(options, cache_dir), options.plan, info, results, "service", measure)
+    return found.get("memory")
+
+
+def _measure_service(args: list[str], plan: Plan, info: dict[str, Any], results: dict[str, Any], name: str,
+                     measure: Any) -> None:
+    """Start `python -m service ARGS`, time it to /readyz, run `measure(base_url)`, record its engine,
+    peak and final memory in `info`, stop it; a failure is recorded under `name` in the errors."""
+    service = ServiceProcess(args)
+    info["args"] = args
     try:
-        info["seconds_to_ready"] = service.wait_ready(options.plan.service_ready_timeout_s)
+        info["seconds_to_ready"] = service.wait_ready(plan.service_ready_timeout_s)
         with urllib.request.urlopen(service.base_url + "/readyz", timeout=10) as response:
             readyz = json.loads(response.read())
         info["engine"], info["engine_reason"] = readyz.get("engine"), readyz.get("engine_reason")
-        if "http" in options.sections:
-            _section(results, "http", lambda: run_http(service.base_url, options.plan))
-            info["stages_s"] = served_stage_means(service.base_url)
-        if "cache_hits" in options.sections:
-            memory = measure_memory_tier(service.base_url, options.plan)
+        measure(service.base_url)
         info["peak_rss_bytes"] = service.peak_rss_bytes()
         info["memory_at_end_bytes"] = service.memory_bytes()
         info["load_average_at_end"] = load_average()
     except Exception as exc:
-        logger.exception("the service could not be measured")
-        results["errors"]["service"] = f"{exc.__class__.__name__}: {exc}"
+        logger.exception("the %s could not be measured", name)
+        results["errors"][name] = f"{exc.__class__.__name__}: {exc}"
     finally:
         info["exit_code"] = service.stop()
         if info["exit_code"] != 0:
-            results["errors"]["service exit"] = f"exit code {info['exit_code']}; log tail:\n{service.log()[-2000:]}"
-    return memory
+            results["errors"][f"{name} exit"] = f"exit code {info['exit_code']}; log tail:\n{service.log()[-2000:]}"
+
+
+def int8_build(engine_dir: Path) -> dict[str, Any] | None:
+    """The int8 build's details in `engine_dir` (how it was made, its image error), None without one."""
+    try:
+        manifest = Manifest.read(engine_dir)
+    except (ManifestError, OSError):
+        return None
+    unet = manifest.components.get("unet")
+    return None if unet is None or unet.openvino_int8 is None else dict(unet.openvino_int8.details)
+
+
+def _run_int8(options: Options, results: dict[str, Any]) -> None:
+    """The --engine-dir's int8 build served over HTTP, in a service of its own after the float one:
+    its start, cache misses at concurrency 1, its memory, and the build's image error against float."""
+    build = int8_build(options.engine_dir)
+    if build is None:
+        results["notes"].append(f"int8: no int8 build in {options.engine_dir} (`make bench` makes one with --precision int8)")
+        return
+    info: dict[str, Any] = {"build": build}
+    results["int8"] = info
+
+    def measure(base_url: str) -> None:
+        info["misses"] = run_misses(base_url, options.plan)
+        info["stages_s"] = served_stage_means(base_url)
+
+    with tempfile.TemporaryDirectory(prefix="bench-cache-int8-") as cache_dir:
+        args = _service_args(replace(options, service_precision="int8"), cache_dir)
+        _measure_service(args, options.plan, info, results, "int8 service", measure)
 
 
 def _run_scale(options: Options, results: dict[str, Any]) -> None:

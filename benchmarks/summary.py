@@ -101,6 +101,31 @@ def fastest_peer(results: dict[str, Any]) -> dict[str, Any] | None:
     return min(measured, key=lambda row: row["seconds"]["median"], default=None)
 
 
+def fastest_float_peer(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The fastest measured peer with float (fp16) weights: what our float build is held against."""
+    measured = [row for row in peer_rows(results) if "seconds" in row and row.get("weights") == "fp16"]
+    return min(measured, key=lambda row: row["seconds"]["median"], default=None)
+
+
+GiB = 2**30
+# Issue 22's goals for the CPU path: (name, summary key, limit, what the limit is).
+CPU_GOALS = (
+    ("int8 over HTTP / the fastest peer (int8-weight peers included)", "ours_int8_http_over_peer", 0.75, "ratio"),
+    ("float over HTTP / the fastest peer with float weights", "ours_http_over_float_peer", 0.9, "ratio"),
+    ("int8 step of the build (calibration, quantization, image check)", "int8_build_s", 20 * 60, "seconds"),
+    ("build process peak resident after the int8 step", "int8_build_peak_rss_bytes", 12e9, "bytes"),
+    ("float service peak resident", "service_peak_rss_bytes", 6 * GiB, "bytes"),
+    ("int8 service peak resident", "int8_service_peak_rss_bytes", 4 * GiB, "bytes"),
+    ("float service start to /readyz (compiled blobs cached)", "service_seconds_to_ready", 15, "seconds"),
+)
+
+
+def cpu_goals(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each CPU goal with its measured value and whether it is met; a goal whose figure is missing is left out."""
+    return [{"goal": goal, "key": key, "limit": limit, "unit": unit, "value": summary[key], "met": summary[key] <= limit}
+            for goal, key, limit, unit in CPU_GOALS if summary.get(key) is not None]
+
+
 def service_backend(results: dict[str, Any]) -> str | None:
     """The backend the service served with, read from its engine name ("openvino-cpu-f32" -> "openvino")."""
     engine = results.get("service", {}).get("engine")
@@ -125,13 +150,23 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     if one_step:
         summary["ours_in_process_s"] = one_step[0]["seconds"]["median"]
         summary["in_process_engine"] = in_process_engine(results)
-    peer = fastest_peer(results)
-    if peer:
-        summary["peer_s"], summary["peer_name"] = peer["seconds"]["median"], peer["name"]
-    for versus in ("baseline", "peer"):
-        for ours in ("ours_http", "ours_in_process"):
+    int8 = results.get("int8", {})
+    if "latency_s" in int8.get("misses", {}):
+        summary["ours_int8_http_s"] = int8["misses"]["latency_s"]["p50"]
+    for name, peer in (("peer", fastest_peer(results)), ("float_peer", fastest_float_peer(results))):
+        if peer:
+            summary[f"{name}_s"], summary[f"{name}_name"] = peer["seconds"]["median"], peer["name"]
+    for versus in ("baseline", "peer", "float_peer"):
+        for ours in ("ours_http", "ours_int8_http", "ours_in_process"):
             if f"{ours}_s" in summary and f"{versus}_s" in summary:
                 summary[f"{ours}_over_{versus}"] = summary[f"{ours}_s"] / summary[f"{versus}_s"]
+    build = int8.get("build", {})
+    for key, value in (("int8_psnr_db", build.get("quality", {}).get("psnr_db")), ("int8_build_s", build.get("seconds")),
+                       ("int8_build_peak_rss_bytes", build.get("peak_rss_bytes")),
+                       ("int8_service_peak_rss_bytes", int8.get("peak_rss_bytes")),
+                       ("int8_service_seconds_to_ready", int8.get("seconds_to_ready")), ("int8_engine", int8.get("engine"))):
+        if value is not None:
+            summary[key] = value
     service_precision = results.get("service_precision")
     headline = {"unet_step": "unet", "vae_decode": "vae"}
     served = service_backend(results)
@@ -166,4 +201,6 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     for key in ("seconds_to_ready", "peak_rss_bytes"):
         if service.get(key) is not None:
             summary[f"service_{key}"] = service[key]
+    if results["device"] == "cpu":
+        summary["cpu_goals"] = cpu_goals(summary)
     return summary

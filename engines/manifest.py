@@ -14,7 +14,7 @@ from typing import Any, Literal
 from engines.base import EngineUnavailable
 from engines.core.files import bytes_sha256, remembered_sha256, write_atomically
 from engines.core.hardware import GpuInfo
-from engines.core.specs import COMPILED_COMPONENTS, REQUIRED_COMPONENTS, UNET, VAE_ENCODER, BuildRange, ModelDims
+from engines.core.specs import COMPILED_COMPONENTS, REQUIRED_COMPONENTS, TEXT_COMPONENTS, UNET, VAE_ENCODER, BuildRange, ModelDims
 
 MANIFEST_NAME = "manifest.json"
 VERIFIED_HASHES = ".verified-sha256.json"  # the hashes of files already checked, by identity (files.remembered_sha256)
@@ -212,7 +212,8 @@ class Manifest:
         """The IR the OpenVINO engine loads, per component: the float IR; with `int8`, the quantized
         UNet and the VAE decoder in int8 where the build kept one (else float). Refuses an int8 build
         whose images were past its error threshold."""
-        present = self.present(COMPILED_COMPONENTS, "openvino")  # a build from before image-to-image has no encoder
+        # A build from before image-to-image has no VAE encoder; one from before text encoder IR, none.
+        present = self.present(COMPILED_COMPONENTS + TEXT_COMPONENTS, "openvino")
         if not int8:
             return {name: ("openvino", self.artefact(directory, name, "openvino")) for name in present}
         unet = self.artefact(directory, UNET, "openvino_int8")
@@ -228,6 +229,14 @@ class Manifest:
             int8_ir = self.components[name].openvino_int8 if name in self.components else None
             chosen[name] = ("openvino_int8", int8_ir) if int8_ir else ("openvino", self.artefact(directory, name, "openvino"))
         return chosen
+
+    def openvino_text_weights(self) -> str | None:
+        """The text encoders' IR weights: "fp16" or "int8" when both have them, else both in order
+        ("int8-fp16"); None for a build from before text encoder IR (the engine runs them in torch)."""
+        if not all(self.has(name, "openvino") for name in TEXT_COMPONENTS):
+            return None
+        weights = [str(self.components[name].openvino.details["weights"]) for name in TEXT_COMPONENTS]
+        return weights[0] if len(set(weights)) == 1 else "-".join(weights)
 
     def verify_openvino_files(self, directory: Path, int8: bool) -> None:
         """Hash every file the OpenVINO engine will load (see `openvino_artefacts`)."""

@@ -39,6 +39,8 @@ class EngineRequest:
     presets_dir: Path | None = None
     vae: str = "full"  # full | tiny (the tiny autoencoder: torch and openvino engines)
     revision: str | None = None  # a hub model's commit, tag or branch
+    static_sizes: tuple[tuple[int, int], ...] | None = None  # OpenVINO's static compiles; None: the base size
+    cuda_graphs: bool = False  # TensorRT: UNet and VAE calls replayed as CUDA graphs
 
 
 # --- the machine --------------------------------------------------------------------------------------
@@ -115,7 +117,8 @@ def tensorrt_candidate(request: EngineRequest) -> Candidate:
         return str(exc)
     from engines.backends.tensorrt_engine import TensorRTEngine
 
-    return with_golden(TensorRTEngine(request.model, request.engine_dir, manifest, request.presets_dir, revision=request.revision), manifest)
+    return with_golden(TensorRTEngine(request.model, request.engine_dir, manifest, request.presets_dir, revision=request.revision,
+                                      cuda_graphs=request.cuda_graphs), manifest)
 
 
 def onnxruntime_candidate(request: EngineRequest) -> Candidate:
@@ -161,7 +164,8 @@ def openvino_candidate(request: EngineRequest) -> Candidate:
     from engines.backends.openvino_engine import OpenVINOEngine
 
     return with_golden(OpenVINOEngine(
-        request.model, request.engine_dir, manifest, request.precision, request.presets_dir, vae=request.vae, revision=request.revision
+        request.model, request.engine_dir, manifest, request.precision, request.presets_dir, vae=request.vae, revision=request.revision,
+        static_sizes=request.static_sizes,
     ), manifest)
 
 

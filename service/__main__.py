@@ -16,7 +16,7 @@ from engines.base import EngineUnavailable
 from service.auth import ApiKeys
 from service.app import create_app
 from service.cache import ImageCache
-from service.logs import configure_logging, route_library_logs
+from service.logs import queued_logging, route_library_logs
 from service.server import ServiceRunner, runner_options
 from service.settings import Settings, SettingsError, load_settings
 from service.state import ADMISSION, READINESS, drain
@@ -63,7 +63,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: --api-keys-file {settings.api_keys_file}: {exc}", file=sys.stderr)
         return 2
-    log_format = configure_logging(settings.log_level, settings.log_format)
+    try:
+        with queued_logging(settings.log_level, settings.log_format) as log_format:
+            code, engine_busy = run(settings, api_keys, log_format)
+    except EngineUnavailable as exc:
+        # Printed once the log listener has written what was queued: the line stays a line of its own.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if engine_busy:
+        # A model call outlived --shutdown-timeout and the grace after it. Its thread cannot be
+        # interrupted, and the interpreter's own exit would tear down the native libraries under it
+        # (SIGABRT): end the process here, the answers already sent and the logs written.
+        os._exit(code)
+    return code
+
+
+def run(settings: Settings, api_keys: ApiKeys | None, log_format: str) -> tuple[int, bool]:
+    """Select the engine and serve; (exit status, whether an engine call is still running)."""
     logger.info("starting: model %s%s, engine %s, logs as %s", settings.model,
                 f" at revision {settings.revision}" if settings.revision else "", settings.engine, log_format)
     # Imported only now: the engine factory pulls in torch (seconds), and a bad flag is refused before that.
@@ -72,23 +88,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     route_library_logs()
     logger.info("imported torch and diffusers, %.1f s", time.perf_counter() - started)
-    try:
-        # Before listening: a missing or unreachable model ends here, in one line, with exit 2.
-        engine = prepare_and_select(settings.engine_request())
-    except EngineUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    # Before listening: a missing or unreachable model raises EngineUnavailable here (main: one line, exit 2).
+    engine = prepare_and_select(settings.engine_request())
     cache = ImageCache(settings.cache_dir, settings.cache_size)  # never raises: a broken cache is bypassed
     app = create_app(settings, engine, cache, api_keys)
     code = asyncio.run(serve(app, settings))
     if not app[ADMISSION].engine_idle:
-        # A model call outlived --shutdown-timeout and the grace after it. Its thread cannot be
-        # interrupted, and the interpreter's own exit would tear down the native libraries under it
-        # (SIGABRT): end the process here, the answers already sent and the logs flushed.
         logger.warning("an engine call is still running; exiting without waiting for it")
-        logging.shutdown()
-        os._exit(code)
-    return code
+        return code, True
+    return code, False
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
-import uuid
 from typing import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -21,10 +21,10 @@ from service.admission import AdmissionQueue
 from service.auth import ApiKeys, auth_middleware
 from service.cors import cors_middleware
 from service.cache import ImageCache
-from service.errors import REQUEST_ID_HEADER, REQUEST_ID_KEY, error_middleware
+from service.errors import REQUEST_ID_HEADER, REQUEST_ID_KEY, error_answer, error_middleware
 from service.images import CachedImages
 from service.logs import current_request_id
-from service.metrics import ServiceMetrics, metrics_middleware
+from service.metrics import CLIENT_CLOSED, ServiceMetrics
 from service.redis_tier import RedisTier
 from service.routes import add_routes
 from service.schema import RequestLimits
@@ -37,17 +37,41 @@ logger = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
-@web.middleware
-async def request_id_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Every request gets an id (the client's, if it sent a sane one), echoed in a header and in logs."""
-    incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    request[REQUEST_ID_KEY] = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
-    current_request_id.set(request[REQUEST_ID_KEY])
-    response = await handler(request)
-    response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID_KEY]
-    return response
+def serving_middleware(metrics: ServiceMetrics, readiness: Readiness, max_body_bytes: int) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """The outermost middleware, in one pass (one coroutine frame per request, not three): every
+    request gets an id (the client's, if it sent a sane one), echoed in a header and in logs; an
+    error becomes its JSON answer; each request is counted by route, status and outcome, and
+    while it is served (the shutdown drain waits for it)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        started = time.perf_counter()
+        incoming = request.headers.get(REQUEST_ID_HEADER)
+        request_id = incoming if incoming is not None and _REQUEST_ID.fullmatch(incoming) else os.urandom(16).hex()
+        request[REQUEST_ID_KEY] = request_id
+        current_request_id.set(request_id)
+        status, cache_status = 500, None
+        readiness.requests += 1
+        try:
+            try:
+                response = await handler(request)
+            except asyncio.CancelledError:
+                status = CLIENT_CLOSED  # the client went away: its own outcome, not a 500
+                raise
+            except Exception as exc:
+                response = error_answer(request, exc, max_body_bytes)
+            headers = response.headers
+            status, cache_status = response.status, headers.get("X-Cache")
+            headers[REQUEST_ID_HEADER] = request_id
+            return response
+        except web.HTTPException as exc:  # below 400 (a redirect), passed on by error_answer
+            status = exc.status
+            raise
+        finally:
+            readiness.requests -= 1
+            metrics.request_done(request, status, cache_status, time.perf_counter() - started)
+
+    return middleware
 
 
 async def _load_and_warm_up(app: web.Application) -> None:
@@ -108,12 +132,12 @@ async def _cache_context(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings, engine: ImageEngine, cache: ImageCache, api_keys: ApiKeys | None = None) -> web.Application:
     """`api_keys`: the keys read from --api-keys-file; None leaves the service open."""
     metrics = ServiceMetrics()
-    # Outermost first: the metrics see the status the error middleware settled on, which turns a
-    # refused key into its JSON 401.
-    middlewares = [request_id_middleware, metrics_middleware(metrics)]
+    # Outermost first: the metrics see the status of the JSON answer an error became (a refused key's 401).
+    readiness = Readiness()
+    middlewares = [serving_middleware(metrics, readiness, settings.max_body_bytes)]
     if settings.cors_origins:
-        middlewares.append(cors_middleware(settings.cors_origins))  # outside errors and keys: their answers carry CORS too
-    middlewares.append(error_middleware(settings.max_body_bytes))
+        # Outside errors and keys: their answers carry CORS too.
+        middlewares += [cors_middleware(settings.cors_origins), error_middleware(settings.max_body_bytes)]
     if api_keys is not None:
         middlewares.append(auth_middleware(api_keys, settings.metrics_require_key))
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=middlewares)
@@ -123,7 +147,7 @@ def create_app(settings: Settings, engine: ImageEngine, cache: ImageCache, api_k
     app[SETTINGS] = settings
     app[ENGINE] = engine
     app[CACHE] = cache
-    app[READINESS] = Readiness()
+    app[READINESS] = readiness
     app[LIMITS] = RequestLimits(
         max_prompt_chars=settings.max_prompt_chars, max_steps=settings.max_steps, engine=engine.limits,
         max_input_pixels=settings.max_input_pixels, max_images=settings.max_images,

@@ -36,7 +36,7 @@ from typing import Any
 
 import diskcache
 
-from service.cache_disk import RefusedEntry, VerifiedBytesDisk
+from service.cache_disk import RefusedEntry, StoredFile, VerifiedBytesDisk
 from service.schema import canonical_json
 
 logger = logging.getLogger(__name__)
@@ -131,10 +131,20 @@ class ImageCache:
     # --- serving ---------------------------------------------------------------------------------------
 
     def get(self, key: str, output_format: str) -> bytes | None:
+        found = self._fetch(key, output_format, read=False)
+        assert not isinstance(found, StoredFile)
+        return found
+
+    def get_file(self, key: str, output_format: str) -> StoredFile | bytes | None:
+        """A value in a file as the open, checked file (to be sent as it is; the caller closes it);
+        a small one, in the database, as its bytes."""
+        return self._fetch(key, output_format, read=True)
+
+    def _fetch(self, key: str, output_format: str, read: bool) -> StoredFile | bytes | None:
         if self._cache is None:
             return None
         try:
-            value = self._cache.get(key)
+            value = self._cache.get(key, read=read)
         except RefusedEntry as exc:
             self.faults.add("refused_not_raw_bytes" if exc.reason == "not_raw_bytes" else "corrupt_entry")
             logger.error("image cache entry %s refused (%s); dropping it", key, exc)
@@ -146,22 +156,31 @@ class ImageCache:
         self._recovered("read")
         if value is None:
             return None
-        if not value.startswith(MAGIC[output_format]):
+        magic = MAGIC[output_format]
+        if isinstance(value, StoredFile):
+            leading = os.pread(value.file.fileno(), 16, 0)
+        else:
+            leading = value
+        if not leading.startswith(magic):
+            if isinstance(value, StoredFile):
+                value.file.close()
             self.faults.add("corrupt_entry")
             logger.error("image cache entry %s is not a %s image; dropping it", key, output_format)
             self.delete(key)
             return None
         return value
 
-    def set(self, key: str, value: bytes) -> None:
+    def set(self, key: str, value: bytes) -> bool:
+        """Store `value`; False when it was not (no cache, or a failed write: logged once per outage)."""
         if self._cache is None:
-            return
+            return False
         try:
             self._cache.set(key, value)
         except Exception:
             self._failed("write", f"image cache write failed for {key}; the image is served uncached")
-            return
+            return False
         self._recovered("write")
+        return True
 
     def delete(self, key: str) -> None:
         if self._cache is None:

@@ -10,17 +10,21 @@ note: it is part of the request, hence of the key.
 from __future__ import annotations
 
 import json
+import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import BinaryIO, Callable, Mapping
 
 _TRAILER = struct.Struct(">I8s")
 _NOTE_MAGIC = b"sdxlnote"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Entry:
     image: bytes
     truncated: tuple[str, ...] | None  # prompt fields the text encoders cut; None: not known
+    # A memory hit's response headers, made at its first hit and kept with the image (not stored).
+    hit_headers: Mapping[str, str] | None = field(default=None, compare=False, repr=False)
 
     @property
     def size(self) -> int:
@@ -32,16 +36,48 @@ def encode(entry: Entry) -> bytes:
     return entry.image + note + _TRAILER.pack(len(note), _NOTE_MAGIC)
 
 
+@dataclass
+class EntryFile:
+    """An entry in an open cache file: the image is the file's first `image_size` bytes, to be sent
+    as they are. Whoever takes it closes the file (sending it, or reading it)."""
+
+    file: BinaryIO
+    image_size: int
+    truncated: tuple[str, ...] | None
+
+    def read(self) -> Entry:
+        with self.file:
+            self.file.seek(0)
+            return Entry(self.file.read(self.image_size), self.truncated)
+
+    def close(self) -> None:
+        self.file.close()
+
+
 def decode(data: bytes) -> Entry:
     """The entry in `data`; an image without a trailer comes back with an unknown note."""
-    if len(data) < _TRAILER.size or data[-8:] != _NOTE_MAGIC:
-        return Entry(data, None)
-    length, _ = _TRAILER.unpack_from(data, len(data) - _TRAILER.size)
-    end = len(data) - _TRAILER.size
+    image_size, note = _split(len(data), lambda offset, count: data[offset : offset + count])
+    return Entry(data[:image_size], note)
+
+
+def entry_in_file(file: BinaryIO, size: int) -> EntryFile:
+    """The entry whose encoding is the first `size` bytes of `file`, reading only its note."""
+    image_size, note = _split(size, lambda offset, count: os.pread(file.fileno(), count, offset))
+    return EntryFile(file, image_size, note)
+
+
+def _split(size: int, read_at: Callable[[int, int], bytes]) -> tuple[int, tuple[str, ...] | None]:
+    """(image length, note) of an encoded entry of `size` bytes, read through read_at(offset, count)."""
+    if size < _TRAILER.size:
+        return size, None
+    length, magic = _TRAILER.unpack(read_at(size - _TRAILER.size, _TRAILER.size))
+    if magic != _NOTE_MAGIC:
+        return size, None
+    end = size - _TRAILER.size
     try:
-        note = json.loads(data[end - length : end])
+        note = json.loads(read_at(end - length, length)) if length <= end else None
     except ValueError:
         note = None
-    if length > end or not isinstance(note, list) or not all(isinstance(field, str) for field in note):
+    if not isinstance(note, list) or not all(isinstance(field, str) for field in note):
         raise ValueError("the entry's note is damaged")
-    return Entry(data[: end - length], tuple(note))
+    return end - length, tuple(note)

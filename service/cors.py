@@ -7,7 +7,8 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
-EXPOSED = "X-Seed, X-Cache, ETag, X-Engine, X-Request-Id, X-Prompt-Truncated, Retry-After"
+EXPOSED = ("X-Seed, X-Num-Inference-Steps, X-Cache, X-Cache-Tier, ETag, Content-Location, X-Engine, X-Request-Id, "
+           "X-Prompt-Truncated, Retry-After")
 ALLOWED_HEADERS = "Content-Type, Authorization, X-API-Key, X-Request-Timeout, X-Request-Id, If-None-Match, Accept"
 ALLOWED_METHODS = "GET, POST, OPTIONS"
 PREFLIGHT_MAX_AGE = "600"

@@ -76,6 +76,13 @@ class NotReady(ApiError):
         super().__init__(message, headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
 
 
+class ShuttingDown(NotReady):
+    """Past the shutdown timeout with the request's body still arriving: answered before the rest is
+    read, and the connection closed after the answer (the rest of the body is not awaited)."""
+
+    close_connection = True
+
+
 class DeadlineExceeded(ApiError):
     status, code = 504, "deadline_exceeded"
 
@@ -116,27 +123,36 @@ def error_response(request: web.Request, status: int, code: str, message: str, f
     return render(status, code, message, field, headers, **extra)
 
 
+def error_answer(request: web.Request, exc: Exception, max_body_bytes: int) -> web.Response:
+    """The JSON answer for an exception a handler raised (an aiohttp HTTPException below 400 is
+    re-raised: it is a redirect or a 304, not an error)."""
+    if isinstance(exc, ApiError):
+        response = error_response(request, exc.status, exc.code, exc.message, exc.field, exc.headers)
+        if exc.close_connection:
+            response.force_close()
+        return response
+    if isinstance(exc, web.HTTPException):
+        if exc.status < 400:
+            raise exc
+        code, template = _HTTP_CODES.get(exc.status, ("http_error", exc.reason or "error"))
+        message = template.format(path=request.path, method=request.method, limit=max_body_bytes)
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return error_response(request, exc.status, code, message, headers=headers)
+    request_id = request[REQUEST_ID_KEY]
+    logger.error("request %s failed: %s %s", request_id, request.method, request.path, exc_info=exc)
+    message = f"the server failed to make this image; request id {request_id}"
+    return error_response(request, 500, "internal_error", message, request_id=request_id)
+
+
 def error_middleware(max_body_bytes: int) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Errors as JSON answers, for a middleware that must see them as answers (CORS); the service's
+    outermost middleware (service/app.py) does the same for everything else."""
+
     @web.middleware
     async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-        request_id = request[REQUEST_ID_KEY]
         try:
             return await handler(request)
-        except ApiError as exc:
-            response = error_response(request, exc.status, exc.code, exc.message, exc.field, exc.headers)
-            if exc.close_connection:
-                response.force_close()
-            return response
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            code, template = _HTTP_CODES.get(exc.status, ("http_error", exc.reason or "error"))
-            message = template.format(path=request.path, method=request.method, limit=max_body_bytes)
-            headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-            return error_response(request, exc.status, code, message, headers=headers)
-        except Exception:
-            logger.exception("request %s failed: %s %s", request_id, request.method, request.path)
-            message = f"the server failed to make this image; request id {request_id}"
-            return error_response(request, 500, "internal_error", message, request_id=request_id)
+        except Exception as exc:
+            return error_answer(request, exc, max_body_bytes)
 
     return middleware

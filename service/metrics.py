@@ -3,10 +3,8 @@ the admission queue and the image images."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from importlib.metadata import PackageNotFoundError, version
-from typing import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import (
@@ -86,8 +84,8 @@ class ServiceMetrics(AdmissionObserver):
         self.self_test.set(-1)
         for reason in REFUSAL_REASONS:
             self.refusals.labels(reason)
-        for result in CACHE_RESULTS:
-            self.cache.labels(result)
+        self._cache_children = {result.upper(): self.cache.labels(result) for result in CACHE_RESULTS}
+        self._request_series: dict[tuple[str, int, str | None], tuple[Any, Any, Any]] = {}
         self.stage_seconds = Histogram(
             "sdxl_stage_seconds",
             "Latency per stage: queue_wait, text_encoders, unet, vae, image_encoding, request",
@@ -117,7 +115,29 @@ class ServiceMetrics(AdmissionObserver):
         self.info.labels(engine, model, service_version()).set(1)
 
     def cache_result(self, result: str) -> None:
-        self.cache.labels(result.lower()).inc()
+        self._cache_children[result].inc()
+
+    def request_done(self, request: web.BaseRequest, status: int, cache_status: str | None, seconds: float) -> None:
+        """Count a request by route (the route's pattern, not the raw path) and final status, and
+        its latency by outcome. The labelled series are looked up once per combination and kept:
+        prometheus_client's labels() costs a lock and a few tuples, on every request."""
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        series = self._request_series.get((route, status, cache_status))
+        if series is None:
+            series = self._request_series[(route, status, cache_status)] = (
+                self.requests.labels(route, str(status)),
+                self.latency.labels(route, outcome(status, cache_status)),
+                self.stage_seconds.labels("request") if route == "/generate-image" else None,
+            )
+        count, latency, stage = series
+        count.inc()
+        latency.observe(seconds)
+        if stage is not None:
+            stage.observe(seconds)
+        key_id = current_key_id.get()
+        if key_id is not None:
+            self.requests_by_key.labels(key_id, str(status)).inc()
 
     def stage(self, name: str, seconds: float) -> None:
         self.stage_seconds.labels(name).observe(seconds)
@@ -164,40 +184,14 @@ class _TierCollector(Collector):
         faults = disk.faults.snapshot()
         errors.add_metric(["disk"], faults.get("read_error", 0) + faults.get("write_error", 0))
         up.add_metric(["disk"], 1 if disk.enabled and disk.working else 0)
+        refills = CounterMetricFamily(
+            "sdxl_cache_refills", "Disk-tier refills after a Redis hit, done in the background: written, failed, dropped (too many pending)",
+            labels=["result"],
+        )
+        for result, count in self.tiers.refills.counts.items():
+            refills.add_metric([result], count)
         if self.tiers.shared is not None:
             health = self.tiers.shared.health
             errors.add_metric(["redis"], health.errors)
             up.add_metric(["redis"], 1 if health.up else 0)
-        return [errors, up]
-
-
-def metrics_middleware(metrics: ServiceMetrics) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Count every request by route (the route's pattern, not the raw path) and final status."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-        started = time.perf_counter()
-        status, cache_status = 500, None
-        try:
-            response = await handler(request)
-            status, cache_status = response.status, response.headers.get("X-Cache")
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        except asyncio.CancelledError:
-            status = CLIENT_CLOSED  # the client went away: its own outcome, not a 500
-            raise
-        finally:
-            resource = request.match_info.route.resource
-            route = resource.canonical if resource is not None else "unmatched"
-            seconds = time.perf_counter() - started
-            metrics.requests.labels(route, str(status)).inc()
-            metrics.latency.labels(route, outcome(status, cache_status)).observe(seconds)
-            key_id = current_key_id.get()
-            if key_id is not None:
-                metrics.requests_by_key.labels(key_id, str(status)).inc()
-            if route == "/generate-image":
-                metrics.stage("request", seconds)
-
-    return middleware
+        return [errors, up, refills]

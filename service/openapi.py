@@ -28,11 +28,17 @@ ERROR = {
 IMAGE_HEADERS = {
     "X-Seed": {"description": "the seed used; send it back for the same image", "schema": {"type": "integer"}},
     "X-Cache": {"description": "HIT, MISS or SHARED", "schema": {"type": "string"}},
-    "ETag": {"description": "the content key; also the address /images/<key>.<format>", "schema": {"type": "string"}},
+    "X-Cache-Tier": {"description": "on a HIT, the tier it came from: memory, disk or redis", "schema": {"type": "string"}},
+    "ETag": {"description": "the content key", "schema": {"type": "string"}},
+    "Content-Location": {"description": "where GET /images/<key>.<format> serves these bytes", "schema": {"type": "string"}},
     "X-Engine": {"description": "the backend and numerics that made it", "schema": {"type": "string"}},
+    "X-Num-Inference-Steps": {"description": "the steps asked for (from an image, int(steps x strength) of them run)",
+                              "schema": {"type": "integer"}},
     "X-Request-Id": {"description": "the request's id, also in the logs", "schema": {"type": "string"}},
     "X-Prompt-Truncated": {"description": "the prompt fields CLIP cut at 77 tokens", "schema": {"type": "string"}},
 }
+# The /v1 answers carry n images in JSON: only what they share is a header.
+OPENAI_HEADERS = {name: IMAGE_HEADERS[name] for name in ("X-Num-Inference-Steps", "X-Engine", "X-Request-Id")}
 REQUEST_HEADERS = [
     {"name": "X-Request-Timeout", "in": "header", "schema": {"type": "number", "minimum": MIN_REQUEST_TIMEOUT},
      "description": "seconds, shorter than the server's --request-timeout"},
@@ -55,7 +61,9 @@ def openapi_spec(limits: RequestLimits) -> dict[str, Any]:
     common = {
         "prompt": {"type": "string", "minLength": 1, "maxLength": limits.max_prompt_chars, "pattern": "\\S"},
         "negative_prompt": {"type": "string", "default": "", "maxLength": limits.max_prompt_chars},
-        "num_inference_steps": {"type": "integer", "default": 1, "minimum": 1, "maximum": limits.max_steps},
+        "num_inference_steps": {"type": "integer", "default": 1, "minimum": 1, "maximum": limits.max_steps,
+                                "description": "from an image, omitted: the fewest steps of which int(steps x strength) "
+                                               "is at least 1 (2 at strength 0.5); X-Num-Inference-Steps says the count"},
         "guidance_scale": {"type": "number", "default": 0.0, "minimum": 0, "maximum": GUIDANCE_MAX},
         "seed": {"type": "integer", "minimum": -1, "maximum": SEED_MAX,
                  "description": "omitted: derived from the request; -1: a fresh random seed"},
@@ -105,7 +113,8 @@ def openapi_spec(limits: RequestLimits) -> dict[str, Any]:
                     "parameters": REQUEST_HEADERS,
                     "requestBody": {"required": True, "content": {"application/json": {"schema": {
                         "type": "object", "properties": openai, "required": ["prompt"], "additionalProperties": False}}}},
-                    "responses": {"200": {"description": "base64 images or their URLs", "content": {"application/json": {}}}, **errors},
+                    "responses": {"200": {"description": "base64 images or their URLs", "headers": OPENAI_HEADERS,
+                                           "content": {"application/json": {}}}, **errors},
                 }
             },
             "/v1/images/edits": {
@@ -116,7 +125,8 @@ def openapi_spec(limits: RequestLimits) -> dict[str, Any]:
                     "description": "OpenAI's images.edit: image-to-image from a multipart form; image i uses seed + i",
                     "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                         "type": "object", "properties": edit, "required": ["image", "prompt"], "additionalProperties": False}}}},
-                    "responses": {"200": {"description": "base64 images or their URLs", "content": {"application/json": {}}}, **errors},
+                    "responses": {"200": {"description": "base64 images or their URLs", "headers": OPENAI_HEADERS,
+                                           "content": {"application/json": {}}}, **errors},
                 }
             },
             "/v1/models": {"get": {"operationId": "listModels", "summary": "The one model served, as OpenAI's models.list reads it",

@@ -10,11 +10,16 @@ from pathlib import Path
 from typing import Awaitable, Callable, Mapping, TypeVar
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from multidict import CIMultiDict
 
-from service.errors import BodyTimeout, BodyTooLarge, DeadlineExceeded, InvalidField, MalformedBody, NotFound, NotReady, UnsupportedMediaType
+from service.cache_entry import EntryFile
+from service.errors import (
+    BodyTimeout, BodyTooLarge, DeadlineExceeded, InvalidField, MalformedBody, NotFound, NotReady, ShuttingDown, UnsupportedMediaType,
+)
 from service.openapi import openapi_spec
 from service.schema import (
-    FORMATS, MIN_REQUEST_TIMEOUT, ImageJob, decode_json_body, has_input_image, parse_generation_request, parse_openai_edit, parse_openai_request,
+    FORMATS, MIN_REQUEST_TIMEOUT, RANDOM_SEED, ImageJob, decode_json_body, has_input_image, parse_generation_request, parse_openai_edit, parse_openai_request,
 )
 from service.state import ADMISSION, ENGINE, IMAGES, LIMITS, METRICS, READINESS, SETTINGS
 
@@ -43,24 +48,40 @@ def add_routes(app: web.Application) -> None:
     app.router.add_static("/static", STATIC)
 
 
-async def read_json(request: web.Request, deadline: float) -> object:
-    """The JSON body, read within --body-timeout and the request's deadline (a half-sent body does
-    not hold the connection)."""
+async def read_body(request: web.Request, deadline: float) -> bytes:
+    """The JSON body's bytes, read within --body-timeout and the request's deadline (a half-sent
+    body does not hold the connection)."""
     if request.content_type != "application/json":
         raise UnsupportedMediaType(
             f"Content-Type must be application/json, got {request.content_type or 'nothing'}", "Content-Type"
         )
-    loop = asyncio.get_running_loop()
     # A body that has all arrived (a small one comes with the headers) cannot keep us waiting: no timer.
-    limit = None if request.content.is_eof() else min(request.app[SETTINGS].body_timeout, deadline - loop.time())
+    if request.content.is_eof():
+        return await request.read()
+    limit = min(request.app[SETTINGS].body_timeout, deadline - asyncio.get_running_loop().time())
+    # Still arriving: read it unless the shutdown timeout passes first (then 503, the rest unread).
+    reading = asyncio.ensure_future(request.read())  # over the size limit: aiohttp raises 413
+    stopping = asyncio.ensure_future(request.app[READINESS].stop_reading.wait())
     try:
-        async with asyncio.timeout(limit):
-            raw = await request.read()  # over the size limit: aiohttp raises 413
-    except TimeoutError:
-        raise BodyTimeout(f"the request body did not arrive within {limit:.1f} s") from None
+        await asyncio.wait((reading, stopping), timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        reading.cancel()
+    if reading.done() and not reading.cancelled():
+        return reading.result()
+    if stopping.done() and not stopping.cancelled():
+        raise ShuttingDown("the service is shutting down and this request's body had not arrived; retry on another replica")
+    raise BodyTimeout(f"the request body did not arrive within {limit:.1f} s")
+
+
+async def decode_body(raw: bytes) -> object:
     if len(raw) <= INLINE_JSON_BYTES:
         return decode_json_body(raw)
     return await asyncio.to_thread(decode_json_body, raw)
+
+
+async def read_json(request: web.Request, deadline: float) -> object:
+    return await decode_body(await read_body(request, deadline))
 
 
 def image_body_limit(request: web.Request) -> web.Request:
@@ -109,10 +130,17 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
     return etag in candidates or "*" in candidates
 
 
+def image_path(job: ImageJob, key: str) -> str:
+    """Where GET /images/<key>.<format> serves the image `job` makes."""
+    return f"/images/{key}.{job.output_format}"
+
+
 def image_headers(request: web.Request, job: ImageJob, key: str, truncated: list[str]) -> dict[str, str]:
     headers = {
         "ETag": f'"{key}"',
+        "Content-Location": image_path(job, key),  # the same bytes, by their content address
         "X-Seed": str(job.generation.seed),
+        "X-Num-Inference-Steps": str(job.generation.num_inference_steps),
         "X-Engine": request.app[ENGINE].info.name,
     }
     if truncated:
@@ -151,13 +179,24 @@ async def all_or_none(awaitables: list[Awaitable[T]]) -> list[T]:
 async def generate_image(request: web.Request) -> web.Response:
     require_ready(request)
     deadline = request_deadline(request)
-    body = await read_image_route_body(request, lambda r: read_json(r, deadline))
-    job = await parse_off_loop(parse_generation_request, body, request.app[LIMITS], request.headers.get("Accept"))
     images = request.app[IMAGES]
-    key = images.key(job)
+    job, key = await generation_job(request, deadline)
+    if_none_match = request.headers.get("If-None-Match")
+    entry = images.memory_hit(key)
+    if entry is not None and if_none_match is None:
+        # The hot path: the headers were made at this image's first memory hit and kept with it.
+        headers = entry.hit_headers
+        if headers is None:
+            headers = CIMultiDict(image_headers(request, job, key, list(entry.truncated or ())))
+            headers.update({"X-Cache": "HIT", "X-Cache-Tier": "memory", "Content-Type": job.media_type})
+            entry.hit_headers = headers
+        request.app[METRICS].cache_result("HIT")
+        return web.Response(body=entry.image, headers=headers)
     found = await images.lookup(job, key)
     headers = image_headers(request, job, key, found.truncated)
-    if etag_matches(request.headers.get("If-None-Match"), headers["ETag"]):
+    if etag_matches(if_none_match, headers["ETag"]):
+        if found.cached is not None:
+            found.cached.discard()
         return web.Response(status=304, headers=headers)
     answer = images.answer(job, key, deadline, found.cached)
     # A hit is answered at once; only a miss waits, within the deadline.
@@ -165,7 +204,46 @@ async def generate_image(request: web.Request) -> web.Response:
     headers["X-Cache"] = result.cache_status
     if result.tier is not None:
         headers["X-Cache-Tier"] = result.tier
+    if isinstance(result.data, EntryFile):
+        return EntryFileResponse(result.data, job.media_type, headers)
     return web.Response(body=result.data, content_type=job.media_type, headers=headers)
+
+
+class EntryFileResponse(web.StreamResponse):
+    """An image sent from its open, checked cache file by sendfile(2): its bytes never enter Python
+    (asyncio reads them in chunks on a thread where the transport cannot sendfile, as with TLS)."""
+
+    def __init__(self, entry: EntryFile, content_type: str, headers: dict[str, str]) -> None:
+        super().__init__(headers=headers)
+        self.content_type = content_type
+        self.content_length = entry.image_size
+        self._entry = entry
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        with self._entry.file:
+            writer = await super().prepare(request)
+            transport = request.transport
+            if transport is None:
+                raise ConnectionResetError("the client went away")
+            await asyncio.get_running_loop().sendfile(transport, self._entry.file, 0, self._entry.image_size)
+        await super().write_eof()
+        return writer
+
+
+async def generation_job(request: web.Request, deadline: float) -> tuple[ImageJob, str]:
+    """The request's job and content key; a body seen lately (a repeat) is not parsed again."""
+    raw = await read_image_route_body(request, lambda r: read_body(r, deadline))
+    accept = request.headers.get("Accept")
+    images = request.app[IMAGES]
+    known = images.recent.get(raw, accept)
+    if known is not None:
+        return known
+    body = await decode_body(raw)
+    job = await parse_off_loop(parse_generation_request, body, request.app[LIMITS], accept)
+    key = images.key(job)
+    if not has_input_image(body) and body.get("seed") != RANDOM_SEED:  # type: ignore[union-attr] (parsed: an object)
+        images.recent.put(raw, accept, job, key)
+    return job, key
 
 
 async def openai_generations(request: web.Request) -> web.Response:
@@ -223,11 +301,12 @@ async def openai_answer(request: web.Request, jobs: list[ImageJob], deadline: fl
     )
     if as_urls:
         base = f"{request.scheme}://{request.host}"
-        data = [{"url": f"{base}/images/{key}.{job.output_format}", "seed": job.generation.seed} for job, key in zip(jobs, keys)]
+        data = [{"url": base + image_path(job, key), "seed": job.generation.seed} for job, key in zip(jobs, keys)]
     else:
         encoded = await asyncio.to_thread(lambda: [base64.b64encode(r.data).decode("ascii") for r in results])
         data = [{"b64_json": b64, "seed": job.generation.seed} for job, b64 in zip(jobs, encoded)]
-    headers = {"X-Engine": request.app[ENGINE].info.name}
+    # The n images share their steps: an edit's default count is said here, as /generate-image says it.
+    headers = {"X-Engine": request.app[ENGINE].info.name, "X-Num-Inference-Steps": str(jobs[0].generation.num_inference_steps)}
     return web.json_response({"created": int(time.time()), "data": data}, headers=headers)
 
 

@@ -13,7 +13,8 @@ import math
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping
 
 from engines.base import DEFAULT_STRENGTH, EngineLimits, GenerationRequest
 from service.errors import InvalidField, MalformedBody
@@ -139,8 +140,10 @@ def preferred_format(accept: str | None) -> str:
     return "png"
 
 
-def parse_generation_request(body: Any, limits: RequestLimits, accept: str | None = None) -> ImageJob:
-    """Validate and normalise a decoded JSON body; raises `InvalidField` or `MalformedBody`."""
+def parse_generation_request(body: Any, limits: RequestLimits, accept: str | None = None,
+                             names: Mapping[str, str] = MappingProxyType({})) -> ImageJob:
+    """Validate and normalise a decoded JSON body; raises `InvalidField` or `MalformedBody`. `names`: the
+    route's own names for these fields (OPENAI_NAMES), for the advice a message gives."""
     # 1. The shape: an object with known fields only (a typo must not pass silently).
     if not isinstance(body, dict):
         raise MalformedBody(f"the body must be a JSON object, got {_json_type(body)}")
@@ -173,18 +176,23 @@ def parse_generation_request(body: Any, limits: RequestLimits, accept: str | Non
     image, strength = _input_image(body, limits)
     if image is None and "strength" in body:
         raise InvalidField("strength applies to image-to-image only: send an image too, or leave strength out", "strength")
-    if image is not None and int(steps * strength) < 1:
-        raise InvalidField(
-            f"int(num_inference_steps x strength) must be at least 1 (the steps that run from an image), got "
-            f"int({steps} x {strength:g}) = 0: raise num_inference_steps or strength", "strength"
-        )
+    if image is not None:
+        if "num_inference_steps" not in body:
+            # The fewest steps of which one runs: 2 at the default strength, as SDXL Turbo's model card has it.
+            steps = next((n for n in range(1, limits.max_steps + 1) if int(n * strength) >= 1), limits.max_steps)
+        if int(steps * strength) < 1:
+            advice = "raise strength" if steps == limits.max_steps else "raise num_inference_steps or strength"
+            raise InvalidField(
+                f"int(num_inference_steps x strength) must be at least 1 (the steps that run from an image), got "
+                f"int({steps} x {strength:g}) = 0 with at most {limits.max_steps} steps: {advice}", "strength"
+            )
 
     # 5. Size: multiples of 8 inside what the engine supports; from an image, its own size unless given.
     input_size = None if image is None else oriented_size(image)
     if input_size is not None and "width" not in body and "height" not in body and not engine_limits.supports(*input_size):
         raise InvalidField(
             f"image is {input_size[0]}x{input_size[1]}, not a size this engine supports "
-            f"({engine_limits.describe_sizes()}); send width and height to have it resized", "image"
+            f"({engine_limits.describe_sizes()}); send {_sent(names, 'width', 'height')} to have it resized", "image"
         )
     defaults = {"width": 512, "height": 512} if input_size is None else dict(zip(("width", "height"), input_size))
     size = {name: _integer(body, name, defaults[name]) for name in ("width", "height")}
@@ -233,6 +241,11 @@ def parse_generation_request(body: Any, limits: RequestLimits, accept: str | Non
     return ImageJob(generation, output_format, image_sha256)
 
 
+def _sent(names: Mapping[str, str], *fields: str) -> str:
+    """The fields as the route's clients name them: width and height are /v1's size."""
+    return " and ".join(dict.fromkeys(names.get(field, field) for field in fields))
+
+
 def has_input_image(body: Any) -> bool:
     """Whether parsing `body` decodes an image (blocking work: the routes run it off the event loop)."""
     return isinstance(body, dict) and body.get("image") is not None
@@ -260,13 +273,16 @@ def _input_image(body: dict[str, Any], limits: RequestLimits) -> tuple[Any, floa
 
 # --- POST /v1/images/generations: the OpenAI Images API shape over the same rules -----------------
 
-# OpenAI's own fields, then ours. Accepted and ignored (documented in the README): quality, style,
+# OpenAI's own fields, then ours. Accepted and ignored (documented in docs/api.md): quality, style,
 # background, moderation, user, model (there is one model).
 OPENAI_FIELDS = ("prompt", "n", "size", "response_format", "model", "user", "quality", "style", "background",
                  "moderation", "output_format", "output_compression", "negative_prompt", "num_inference_steps",
                  "guidance_scale", "seed")
 OPENAI_IGNORED = {"quality": None, "style": None, "background": None, "moderation": None, "user": None, "model": None}
 RESPONSE_FORMATS = ("b64_json", "url")
+# What the JSON route's rules call a field, where /v1's clients send another: OpenAI's size is WIDTHxHEIGHT.
+# Every /v1 error from those rules names the field the client sent (its `param`).
+OPENAI_NAMES = {"width": "size", "height": "size"}
 AUTO_SIZE = "512x512"  # size "auto": SDXL Turbo's own size
 _SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
 
@@ -312,7 +328,13 @@ def parse_openai_request(body: Any, limits: RequestLimits, edit: bool = False) -
         if match is None:
             raise InvalidField(f"size must be WIDTHxHEIGHT in ASCII digits, such as 512x512, got {size!r}", "size")
         fields.update(width=int(match.group(1)), height=int(match.group(2)))
-    first = parse_generation_request(fields, limits)
+    try:
+        first = parse_generation_request(fields, limits, names=OPENAI_NAMES)
+    except InvalidField as exc:
+        if exc.field not in OPENAI_NAMES:
+            raise
+        sent = OPENAI_NAMES[exc.field]
+        raise InvalidField(f"{sent}: {exc.message}", sent) from None
     seeds = [(first.generation.seed + i) % (SEED_MAX + 1) for i in range(count)]
     quality = None if output_format == "png" else quality  # PNG is lossless: compression does not change it
     return [

@@ -17,7 +17,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from service.errors import error_body
-from service.logs import AccessLogger
+from service.logs import access_log_options
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def runner_options(settings: Settings) -> dict[str, Any]:
     return dict(
         # Cancel a handler whose client went away: its queued request frees its place.
         handler_cancellation=True,
-        access_log_class=AccessLogger,
+        **access_log_options(settings.access_log),
         # aiohttp closes a connection that sends no complete request within this (idle or half-sent).
         keepalive_timeout=settings.header_timeout,
         # After answering a request whose body was not read (408, 413, 415), drain it at most this

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 ENV_PREFIX = "SDXL_"
 LOG_FORMATS = ("auto", "text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+ACCESS_LOG_MODES = ("all", "errors", "off")
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3}
 
 
@@ -30,9 +32,13 @@ class SettingsError(ValueError):
     """A setting broke its rule; the message names the flag or variable."""
 
 
+def cache_root() -> Path:
+    """Where the service keeps what it makes ($XDG_CACHE_HOME, else ~/.cache)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+
+
 def _default_cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "sdxl-turbo-service" / "images"
+    return cache_root() / "sdxl-turbo-service" / "images"
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,8 @@ class Settings:
     device: str = "auto"
     precision: str = "auto"
     vae: str = "full"
+    static_sizes: tuple[tuple[int, int], ...] | None = None  # None: the base size; (): none
+    cuda_graphs: bool = False
     host: str = "127.0.0.1"
     port: int = 5000
     cache_dir: Path = dataclasses.field(default_factory=_default_cache_dir)
@@ -68,6 +76,7 @@ class Settings:
     shutdown_timeout: float = 30.0
     log_level: str = "INFO"
     log_format: str = "auto"
+    access_log: str = "all"
     api_keys_file: Path | None = None
     metrics_require_key: bool = False
     max_queue_share: float = 0.5
@@ -86,6 +95,8 @@ class Settings:
             presets_dir=self.presets_dir,
             vae=self.vae,
             revision=self.revision,
+            static_sizes=self.static_sizes,
+            cuda_graphs=self.cuda_graphs,
         )
 
 
@@ -133,6 +144,19 @@ def _origins(text: str) -> str:
     return ",".join(origins)
 
 
+def _static_sizes(text: str) -> tuple[tuple[int, int], ...]:
+    """'512x512,768x512' -> ((512, 512), (768, 512)); 'none' -> ()."""
+    if text.strip().lower() == "none":
+        return ()
+    sizes = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", part)
+        if not match:
+            raise ValueError("must be WIDTHxHEIGHT sizes separated by commas, such as 512x512,768x512, or none")
+        sizes.append((int(match.group(1)), int(match.group(2))))
+    return tuple(dict.fromkeys(sizes))
+
+
 def _nonempty(text: str) -> str:
     if not text.strip():
         raise ValueError("must not be empty")
@@ -143,17 +167,22 @@ def _nonempty(text: str) -> str:
 OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "model": (_nonempty, "tiny | sdxl-random | a Hugging Face hub id | a local pipeline directory"),
     "revision": (_nonempty, "a hub model's commit, tag or branch (default: main); pin a commit in production"),
-    "engine": (_choice(ENGINES), "inference backend; auto picks the fastest that can run here"),
+    "engine": (_choice(ENGINES), f"inference backend, {' | '.join(ENGINES)}; auto picks the fastest that can run here"),
     "engine_dir": (Path, "where build_engines.py wrote engines and manifest.json"),
-    "device": (_choice(DEVICES), "where PyTorch runs; cpu also keeps auto and onnxruntime off the GPU"),
-    "precision": (_choice(PRECISIONS), "torch precision; auto: fp16 on CUDA, bf16 on CPUs that have it, else fp32"),
+    "device": (_choice(DEVICES), f"where PyTorch runs, {' | '.join(DEVICES)}; cpu also keeps auto and onnxruntime off the GPU"),
+    "precision": (_choice(PRECISIONS), f"numerics, {' | '.join(PRECISIONS)}; auto: fp16 on CUDA, bf16 on CPUs that have it, else fp32; int8: an OpenVINO int8 build"),
     "vae": (_choice(VAES), "full: the SDXL VAE; tiny: the tiny autoencoder (TAESD-XL), fast previews"),
+    "static_sizes": (_static_sizes, "OpenVINO: sizes also compiled with static shapes, e.g. 512x512,768x512 (faster; each costs one more "
+                     "copy of the UNet and VAE decoder in memory); other sizes run the dynamic compile, compiled at first use; "
+                     "none: the dynamic compile only"),
+    "cuda_graphs": (_flag, "TensorRT: true replays each UNet and VAE call as a CUDA graph over persistent I/O buffers "
+                    "(fewer kernel launches; not yet measured on a GPU)"),
     "host": (_nonempty, "address to listen on"),
     "port": (_bounded(int, 1, 65535), "port to listen on"),
     "cache_dir": (Path, "image cache directory (private to the service user)"),
     "cache_size": (lambda t: _positive_size(t), "image cache size limit, e.g. 2GB"),
     "memory_cache_size": (lambda t: parse_size(t), "in-process tier of the hottest images, e.g. 256MB (0: off)"),
-    "cache_url": (lambda t: _redis_url(t), "shared cache tier for replicas, redis://host:port/db (default: none)"),
+    "cache_url": (lambda t: _redis_url(t), "shared cache tier for replicas, redis://host:port/db (rediss:// for TLS; default: none)"),
     "cache_ttl": (_bounded(float, 1, 365 * 86_400), "seconds an image lives in the shared tier"),
     "presets_dir": (Path, "where the tiny preset is saved once built"),
     "max_body_bytes": (_bounded(int, 1024, 16 * 1024**2), "largest request body accepted"),
@@ -170,8 +199,9 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "header_timeout": (_bounded(float, 0.5, 3_600), "seconds a connection may stay idle or take to send its headers before it is closed"),
     "body_timeout": (_bounded(float, 0.5, 3_600), "seconds a request may take to send its body before 408"),
     "shutdown_timeout": (_bounded(float, 0, 3_600), "seconds in-flight requests get to finish on SIGTERM"),
-    "log_level": (_choice(("DEBUG", "INFO", "WARNING", "ERROR")), "logging level"),
+    "log_level": (_choice(LOG_LEVELS), f"logging level, {' | '.join(LOG_LEVELS)}; DEBUG also logs the probes and scrapes"),
     "log_format": (_choice(LOG_FORMATS), "auto: text on a terminal, else json; json: one object a line with the request id; text: for people"),
+    "access_log": (_choice(ACCESS_LOG_MODES), "all: a line per request; errors: only those answered 400 or above; off: none (logs shipped elsewhere, e.g. by a proxy)"),
     "api_keys_file": (Path, "file of API keys, one per line: with it, every route but the probes, the page and /openapi.json needs a key"),
     "metrics_require_key": (_flag, "true: /metrics needs an API key too (by default it is open for the scraper)"),
     "max_queue_share": (_bounded(float, 0.01, 1), "with API keys: the largest share of the queue one key may hold"),

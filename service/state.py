@@ -28,6 +28,10 @@ class Readiness:
     detail: str = ""
     # Set when the process should stop: the engine could not load, or a signal came.
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    # HTTP requests being served (from their headers to their answer), counted by the outermost middleware.
+    requests: int = 0
+    # Set when the shutdown timeout has passed: bodies still arriving are answered 503 without reading the rest.
+    stop_reading: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def ready(self) -> bool:
@@ -45,8 +49,15 @@ METRICS = web.AppKey("metrics", ServiceMetrics)
 
 
 async def drain(app: web.Application) -> bool:
-    """Refuse new work, let in-flight work finish within the grace period; True if all of it did."""
+    """Refuse new requests; let those already in (their headers arrived) finish within the shutdown
+    timeout, a body still arriving included; True if all of them did. Past the timeout, a request
+    still reading its body is answered 503 before the rest is read, and queued work 503 too."""
     readiness = app[READINESS]
     if readiness.state != "failed":
         readiness.state, readiness.detail = "draining", "shutting down"
-    return await app[ADMISSION].drain(app[SETTINGS].shutdown_timeout)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + app[SETTINGS].shutdown_timeout
+    while readiness.requests and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    readiness.stop_reading.set()
+    return await app[ADMISSION].drain(max(0.0, deadline - loop.time())) and not readiness.requests

@@ -2,6 +2,8 @@
 
 Reads go down the tiers and fill the ones above on the way back; writes go to all. A tier that
 fails costs a miss in that tier, one log line per outage (`TierHealth`) and a metric, never a request.
+A hit from the shared tier is answered first: the disk tier is refilled after, in the background
+(`Refills`), so a replica's first hit of an image another replica made costs a Redis read, not a disk write.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from collections import OrderedDict
 from typing import AsyncContextManager, Protocol
 
 from service.cache import MAGIC, ImageCache
-from service.cache_entry import Entry, decode, encode
+from service.cache_disk import StoredFile
+from service.cache_entry import Entry, EntryFile, decode, encode, entry_in_file
 
 logger = logging.getLogger(__name__)
+MAX_REFILLS = 8  # disk refills pending at once; more are dropped (the image stays in Redis and memory)
+DRAIN_S = 10.0  # how long shutdown waits for pending refills
 
 
 class TierHealth:
@@ -77,8 +82,45 @@ class MemoryTier:
             _, evicted = self._entries.popitem(last=False)
             self.bytes -= evicted.size
 
+    def fits(self, size: int) -> bool:
+        return size <= self.max_bytes
+
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class Refills:
+    """Writes into the disk tier that no request waits for: at most MAX_REFILLS at once (a slow or
+    full disk must not pile up tasks and images in memory; one more is dropped and counted), each
+    counted as written, failed or dropped, and all of them finished by `drain` at shutdown."""
+
+    def __init__(self, disk: ImageCache) -> None:
+        self.disk = disk
+        self.counts = {"written": 0, "failed": 0, "dropped": 0}
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def submit(self, key: str, entry: Entry) -> None:
+        if len(self._pending) >= MAX_REFILLS:
+            self.counts["dropped"] += 1
+            return
+        task = asyncio.get_running_loop().create_task(self._write(key, entry), name="cache-refill")
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _write(self, key: str, entry: Entry) -> None:
+        try:
+            written = await asyncio.to_thread(self.disk.set, key, encode(entry))
+        except Exception:  # ImageCache.set logs its own failures; anything else is a bug, logged here
+            logger.exception("refilling the disk tier with %s failed", key)
+            written = False
+        self.counts["written" if written else "failed"] += 1
+
+    async def drain(self, timeout_s: float = DRAIN_S) -> None:
+        """Wait for the pending refills; past `timeout_s` (a stuck disk) leave them, logged."""
+        if self._pending:
+            _, left = await asyncio.wait(set(self._pending), timeout=timeout_s)
+            if left:
+                logger.warning("%d disk-tier refills still pending after %.0f s at shutdown; left unfinished", len(left), timeout_s)
 
 
 class Tiers:
@@ -88,24 +130,43 @@ class Tiers:
         self.memory = memory
         self.disk = disk
         self.shared = shared
+        self.refills = Refills(disk)
 
     def get_memory(self, key: str) -> Entry | None:
         return self.memory.get(key)
 
-    async def get_below_memory(self, key: str, output_format: str) -> tuple[Entry, str] | None:
-        """(entry, tier) from the disk or the shared tier, filling the tiers above; None on a miss."""
-        data = await asyncio.to_thread(self.disk.get, key, output_format)
-        entry = _decoded(data)
+    async def get_below_memory(self, key: str, output_format: str) -> tuple[Entry | EntryFile, str] | None:
+        """(entry, tier) from the disk or the shared tier, filling the tiers above; None on a miss.
+        A disk entry the memory tier would not keep comes as its open file, to be sent as it is."""
+        entry = await asyncio.to_thread(self._from_disk, key, output_format)
         if entry is not None:
-            self.memory.set(key, entry)
+            if isinstance(entry, Entry):
+                self.memory.set(key, entry)
             return entry, "disk"
         if self.shared is None:
             return None
         entry = await self.shared.get(key, output_format)
         if entry is None:
             return None
-        await self.set_local(key, entry)
+        self.refill_local(key, entry)
         return entry, "redis"
+
+    def _from_disk(self, key: str, output_format: str) -> Entry | EntryFile | None:
+        found = self.disk.get_file(key, output_format)
+        if not isinstance(found, StoredFile):
+            return _decoded(found)
+        try:
+            entry = entry_in_file(found.file, found.size)
+        except (ValueError, OSError):
+            found.file.close()
+            return None
+        # The memory tier needs the bytes anyway: read them here, off the event loop.
+        return entry.read() if self.memory.fits(entry.image_size) else entry
+
+    def refill_local(self, key: str, entry: Entry) -> None:
+        """An entry from the shared tier into the local ones: memory now, disk in the background."""
+        self.memory.set(key, entry)
+        self.refills.submit(key, entry)
 
     async def set_local(self, key: str, entry: Entry) -> None:
         self.memory.set(key, entry)
@@ -117,6 +178,7 @@ class Tiers:
             await self.shared.set(key, entry)
 
     async def close(self) -> None:
+        await self.refills.drain()
         if self.shared is not None:
             await self.shared.close()
         await asyncio.to_thread(self.disk.close)

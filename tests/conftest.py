@@ -17,7 +17,7 @@ from tests.helpers import REPO, ServiceProcess, replica_args, run_build_engines,
 # one is marked `slow`, and `pytest -m "not slow"` leaves it out for a quick local loop. Tests that
 # start such a process inline carry the mark themselves. CI (`make test`) runs everything.
 SLOW_FIXTURES = frozenset({
-    "keyed_service", "quick_run", "replicas", "fleet", "onnx_service", "openvino_service", "int8_build",
+    "keyed_service", "quick_run", "redis_replicas", "fleet", "onnx_service", "openvino_service", "int8_build",
     "int8_service", "tiny_vae_service", "browser", "openvino_quick_run",
 })
 
@@ -72,7 +72,7 @@ def make_client(aiohttp_client, tmp_path: Path):
         settings = Settings(**{"model": "test", "cache_dir": cache_dir, **settings_overrides})
         app = create_app(settings, engine, ImageCache(settings.cache_dir, settings.cache_size), api_keys)
         client = await aiohttp_client(app)
-        for _ in range(200):
+        for _ in range(3000):  # up to a minute: an engine that runs real graphs (the TensorRT stand-in) warms up in seconds
             if (await client.get("/readyz")).status == 200:
                 return client
             await asyncio.sleep(0.02)
@@ -100,7 +100,7 @@ def openvino_engines(tmp_path_factory: pytest.TempPathFactory, presets_dir: Path
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator["RedisServer"]:
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator["RedisServer"]:
     """A real redis-server with deploy/compose.yaml's own flags (the load balancer's tests hold them to it)."""
     import yaml
 
@@ -112,10 +112,10 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator["RedisSer
 
 
 @pytest.fixture(scope="session")
-def replicas(redis_server, presets_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
-    """Two tiny-model replicas, each with its own disk tier, sharing `redis_server` (tests use prompts of their own)."""
-    with running_service(replica_args(presets_dir, tmp_path_factory.mktemp("replica-a"), redis_server.url)) as a, \
-         running_service(replica_args(presets_dir, tmp_path_factory.mktemp("replica-b"), redis_server.url)) as b:
+def redis_replicas(shared_redis, presets_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
+    """Two tiny-model replicas, each with its own disk tier, sharing `shared_redis` (tests use prompts of their own)."""
+    with running_service(replica_args(presets_dir, tmp_path_factory.mktemp("replica-a"), shared_redis.url)) as a, \
+         running_service(replica_args(presets_dir, tmp_path_factory.mktemp("replica-b"), shared_redis.url)) as b:
         yield a, b
 
 

@@ -44,7 +44,7 @@ CLASSES: dict[str, frozenset[str]] = {
     "INetworkDefinition": frozenset(),
     "OnnxParser": frozenset({"parse_from_file", "num_errors", "get_error"}),
     "IBuilderConfig": frozenset(
-        {"builder_optimization_level", "profiling_verbosity", "progress_monitor", "set_flag", "add_optimization_profile",
+        {"builder_optimization_level", "profiling_verbosity", "progress_monitor", "set_flag", "clear_flag", "get_flag", "add_optimization_profile",
          "create_timing_cache", "set_timing_cache", "get_timing_cache"}
     ),
     "IOptimizationProfile": frozenset({"set_shape"}),

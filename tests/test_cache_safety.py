@@ -16,7 +16,7 @@ import diskcache
 import pytest
 
 from service.cache import ImageCache
-from service.cache_disk import unframe
+from service.cache_disk import frame, unframe
 from service.state import CACHE
 from tests.engines import ControlledEngine
 from tests.helpers import REPO, metric
@@ -227,9 +227,24 @@ def test_an_existing_directory_keeps_its_mode_and_a_new_one_is_private(tmp_path)
     assert created.stat().st_mode & 0o777 == 0o700
 
 
-def test_the_stored_value_is_the_image_framed_with_its_length_and_digest(tmp_path):
+def test_the_stored_value_is_the_image_alone_in_its_file_with_its_length_and_digest_in_the_database(tmp_path):
     cache = ImageCache(tmp_path / "c", 10**8)
     png = b"\x89PNG\r\n\x1a\n" + bytes(50_000)
     cache.set("k", png)
     (value_file,) = (tmp_path / "c").rglob("*.val")
-    assert unframe(value_file.read_bytes()) == png
+    assert value_file.read_bytes() == png  # sent as it is
+    with sqlite3.connect(tmp_path / "c" / "cache.db") as db:
+        (header,) = db.execute("SELECT value FROM Cache").fetchone()
+    assert unframe(header + png) == png
+
+
+def test_a_file_in_the_older_layout_is_still_read(tmp_path):
+    """Files written before the header moved to the database hold the frame whole: still hits."""
+    cache = ImageCache(tmp_path / "c", 10**8)
+    png = b"\x89PNG\r\n\x1a\n" + os.urandom(50_000)
+    cache.set("k", png)
+    (value_file,) = (tmp_path / "c").rglob("*.val")
+    value_file.write_bytes(frame(png))
+    with sqlite3.connect(tmp_path / "c" / "cache.db") as db:
+        db.execute("UPDATE Cache SET value = NULL")
+    assert cache.get("k", "png") == png

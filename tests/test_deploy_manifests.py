@@ -282,7 +282,7 @@ def test_pods_run_as_the_images_user_and_outlast_the_drain(kubernetes: Documents
     spec = pod_spec(only(kubernetes["Deployment"]))
     (pause,) = [int(word) for word in serve(kubernetes)["lifecycle"]["preStop"]["exec"]["command"] if word.isdigit()]
     drain = configured_settings(kubernetes, image_env, serve(kubernetes)).shutdown_timeout
-    # The preStop pause, the drain, then about a second to exit (README, Shutdown).
+    # The preStop pause, the drain, then about a second to exit (docs/operations.md, Shutdown).
     assert spec["terminationGracePeriodSeconds"] > pause + drain + 1
 
 

@@ -100,7 +100,8 @@ def requirements_of(extras: list[str]) -> list[str]:
 
 
 def test_no_cuda_12_index_anywhere() -> None:
-    files = ["Dockerfile", "Makefile", "pyproject.toml", "README.md", "docs/deploy.md", *map(str, CONSTRAINTS.values())]
+    files = ["Dockerfile", "Makefile", "pyproject.toml", "README.md", *map(str, CONSTRAINTS.values())]
+    files += [str(path.relative_to(REPO)) for path in sorted((REPO / "docs").glob("*.md"))]
     files += [str(path) for path in (REPO / "docker").iterdir() if path.is_file()]
     for name in files:
         text = (REPO / name).read_text()

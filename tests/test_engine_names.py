@@ -35,6 +35,20 @@ def test_compiled_backend_names() -> None:
     assert openvino_name("f32", tiny_vae=True) == "openvino-cpu-f32-taesd"
 
 
+@pytest.mark.parametrize(
+    ("text_weights", "static_sizes", "name"),
+    [
+        ("fp16", (), "openvino-cpu-bf16-text-ov"),
+        ("int8", ((512, 512),), "openvino-cpu-bf16-text-ov-int8-static-512x512"),
+        ("int8-fp16", ((768, 512), (512, 512)), "openvino-cpu-bf16-text-ov-int8-fp16-static-512x512-768x512"),
+        (None, ((512, 512),), "openvino-cpu-bf16-static-512x512"),
+    ],
+)
+def test_openvino_names_say_where_the_text_encoders_ran_and_which_sizes_are_static(text_weights, static_sizes, name) -> None:
+    """The text encoders from IR (float or int8 weights) and the static compiles each make other bytes."""
+    assert openvino_name("bf16", text_weights=text_weights, static_sizes=static_sizes) == name
+
+
 @pytest.mark.parametrize(("native_bf16", "name"), [(False, "openvino-cpu-int8"), (True, "openvino-cpu-int8-bf16")])
 def test_int8_names_say_int8_and_what_the_float_layers_compute_in(monkeypatch, native_bf16: bool, name: str) -> None:
     from engines.core import numerics

@@ -125,3 +125,24 @@ def test_index_page_and_health(tiny_service):
     assert request(tiny_service.base_url, "GET", "/healthz").json() == {"status": "ok"}
     ready = request(tiny_service.base_url, "GET", "/readyz").json()
     assert ready["ready"] is True and ready["engine"].startswith("torch-") and ready["model"].startswith("preset:tiny")
+
+
+async def test_every_image_answer_says_its_address_and_the_address_serves_those_bytes(make_client):
+    """Content-Location: /images/<key>.<format>, on a miss, a hit and a 304, for every format and from an image."""
+    from tests.engines import ControlledEngine
+    from tests.test_image_to_image_http import GOOD
+
+    client = await make_client(ControlledEngine())
+    cases = [({"prompt": "addressed"}, {}, "png"), ({"prompt": "addressed", "format": "webp"}, {}, "webp"),
+             ({"prompt": "addressed"}, {"Accept": "image/jpeg"}, "jpeg"), (GOOD, {}, "png")]
+    for body, headers, output_format in cases:
+        for cache in ("MISS", "HIT"):
+            reply = await client.post("/generate-image", json=body, headers=headers)
+            assert reply.status == 200 and reply.headers["X-Cache"] == cache, await reply.text()
+            key = reply.headers["ETag"].strip('"')
+            assert reply.headers["Content-Location"] == f"/images/{key}.{output_format}"
+            served = await client.get(reply.headers["Content-Location"])
+            assert served.status == 200 and served.content_type == reply.content_type
+            assert await served.read() == await reply.read()
+        unchanged = await client.post("/generate-image", json=body, headers={**headers, "If-None-Match": f'"{key}"'})
+        assert unchanged.status == 304 and unchanged.headers["Content-Location"] == f"/images/{key}.{output_format}"

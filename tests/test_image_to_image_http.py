@@ -62,6 +62,7 @@ BAD_INPUTS = [
     ({"prompt": "a cat", "strength": 0.5}, "strength", "image-to-image only"),
     ({**GOOD, "num_inference_steps": 1, "strength": 0.5}, "strength", "raise num_inference_steps or strength"),
     ({**GOOD, "num_inference_steps": 3, "strength": 0.3}, "strength", "int(3 x 0.3) = 0"),
+    ({"prompt": "a cat", "image": PNG, "strength": 0.2}, "strength", "int(4 x 0.2) = 0 with at most 4 steps: raise strength"),
     ({**GOOD, "image": b64(encoded(picture(300, 200)))}, "image", "send width and height"),
     ({**GOOD, "image": b64(encoded(picture(300, 200))), "width": 300, "height": 200}, "width", "multiple of 8"),
     ({**GOOD, "width": 2048, "height": 256}, "width", "256 to 1024"),
@@ -78,6 +79,25 @@ async def test_bad_image_to_image_input_is_refused_before_the_model(make_client,
     assert error["field"] == field and error["code"] == "invalid_field"
     assert words in error["message"]
     assert engine.requests_seen == 0
+
+
+async def test_without_num_inference_steps_an_image_gets_the_fewest_steps_that_run(make_client):
+    """Omitted, the steps from an image are the smallest count with int(steps x strength) >= 1, said in
+    X-Num-Inference-Steps and keyed like that count sent explicitly."""
+    engine = ControlledEngine()
+    client = await make_client(engine)
+    body = {"prompt": "a cat", "image": PNG, "seed": 3}
+    for strength, steps in ((None, 2), (0.3, 4), (0.75, 2), (1.0, 1)):
+        asked = body if strength is None else {**body, "strength": strength}
+        reply = await client.post("/generate-image", json=asked)
+        assert reply.status == 200, await reply.text()
+        assert reply.headers["X-Num-Inference-Steps"] == str(steps)
+        assert engine.calls[-1][0].num_inference_steps == steps
+    explicit = await client.post("/generate-image", json={**body, "num_inference_steps": 2})
+    first = await client.post("/generate-image", json=body)
+    assert explicit.headers["X-Cache"] == "HIT" and explicit.headers["ETag"] == first.headers["ETag"]
+    text = await client.post("/generate-image", json={"prompt": "a cat"})
+    assert text.headers["X-Num-Inference-Steps"] == "1", "text-to-image keeps its one step"
 
 
 async def test_a_small_pixel_limit_is_checked_from_the_header(make_client):

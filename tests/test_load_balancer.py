@@ -37,10 +37,10 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet(replicas, tmp_path_factory) -> Iterator[Fleet]:
+def fleet(redis_replicas, tmp_path_factory) -> Iterator[Fleet]:
     """nginx in front of the session's two replicas and their Redis (tests/conftest.py: compose's flags)."""
     assert len(REPLICAS) == 2, REPLICAS
-    named = dict(zip(REPLICAS, replicas))
+    named = dict(zip(REPLICAS, redis_replicas))
     with NginxServer(tmp_path_factory.mktemp("nginx"), {name: r.port for name, r in named.items()}) as nginx:
         yield Fleet(nginx, named)
 

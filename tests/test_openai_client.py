@@ -9,7 +9,8 @@ import openai
 import pytest
 from PIL import Image
 
-from tests.helpers import request
+from tests.helpers import generate, request
+from tests.test_image_to_image_http import b64, encoded, picture
 
 
 @pytest.fixture(scope="module")
@@ -19,6 +20,39 @@ def client(tiny_service) -> openai.OpenAI:
 
 def decode(b64: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+def test_generate_with_nothing_but_the_clients_defaults(client) -> None:
+    result = client.images.generate(prompt="a lighthouse at dusk")
+    (item,) = result.data
+    assert item.url is None and decode(item.b64_json).size == (512, 512) and decode(item.b64_json).format == "PNG"
+
+
+def test_edit_with_nothing_but_the_clients_defaults(client, tiny_service, tmp_path) -> None:
+    """images.edit(image=open(...), prompt=...) as a new user writes it: SDXL Turbo's 2 steps at strength 0.5,
+    the image /generate-image makes from the same input with those fields."""
+    png = encoded(picture(256, 320, seed=8))
+    path = tmp_path / "input.png"
+    path.write_bytes(png)
+    with path.open("rb") as image:
+        result = client.images.edit(image=image, prompt="a watercolour")
+    (item,) = result.data
+    made = base64.b64decode(item.b64_json)
+    assert Image.open(io.BytesIO(made)).size == (256, 320)
+    same = generate(tiny_service.base_url, {"prompt": "a watercolour", "image": b64(png), "num_inference_steps": 2,
+                                            "strength": 0.5, "seed": item.model_extra["seed"]})
+    assert same.status == 200 and same.headers["x-cache"] == "HIT" and same.body == made
+
+
+def test_edit_urls_serve_the_bytes_the_b64_answer_carries(client, tiny_service) -> None:
+    image = ("in.png", encoded(picture(seed=9)), "image/png")
+    extras = {"seed": 77, "strength": 0.75}
+    as_b64 = client.images.edit(image=image, prompt="by address", extra_body=extras)
+    as_url = client.images.edit(image=image, prompt="by address", response_format="url", extra_body=extras)
+    url = as_url.data[0].url
+    assert url.startswith(tiny_service.base_url + "/images/") and as_url.data[0].b64_json is None
+    served = request(tiny_service.base_url, "GET", url.removeprefix(tiny_service.base_url))
+    assert served.status == 200 and served.body == base64.b64decode(as_b64.data[0].b64_json)
 
 
 def test_generate_b64_with_what_wrappers_send_by_default(client) -> None:

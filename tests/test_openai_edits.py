@@ -73,6 +73,25 @@ async def test_bad_edit_is_refused_before_the_model(make_client, fields, field, 
     assert engine.requests_seen == 0
 
 
+async def test_an_edit_with_only_openais_fields_runs_two_steps_at_strength_half(make_client):
+    """OpenAI's form has no steps and no strength: SDXL Turbo's model-card defaults run; our extras override them."""
+    engine = ControlledEngine()
+    client = await make_client(engine)
+    reply = await client.post("/v1/images/edits", data=form(image=PNG, prompt="a cat", n=2))
+    assert reply.status == 200, await reply.text()
+    assert len((await reply.json())["data"]) == 2 and reply.headers["X-Num-Inference-Steps"] == "2"
+    assert [(r.num_inference_steps, r.strength) for r in engine.calls[-1]] == [(2, 0.5)] * len(engine.calls[-1])
+    for extras, expected in (({"strength": 0.3}, (4, 0.3)), ({"num_inference_steps": 3}, (3, 0.5))):
+        reply = await client.post("/v1/images/edits", data=form(image=PNG, prompt="a cat", **extras))
+        assert reply.status == 200, await reply.text()
+        request = engine.calls[-1][0]
+        assert (request.num_inference_steps, request.strength) == expected
+    impossible = await client.post("/v1/images/edits", data=form(image=PNG, prompt="a cat", num_inference_steps=1))
+    error = (await impossible.json())["error"]
+    assert impossible.status == 400 and error["param"] == "strength"
+    assert "num_inference_steps" in error["message"] and "int(1 x 0.5) = 0" in error["message"]
+
+
 async def test_edit_must_be_multipart(make_client):
     engine = ControlledEngine()
     client = await make_client(engine)

@@ -30,7 +30,7 @@ def test_openai_shape_returns_n_distinct_pngs_that_match_generate_image(tiny_ser
     [
         ({"prompt": "a", "n": 5}, "n"),
         ({"prompt": "a", "size": "big"}, "size"),
-        ({"prompt": "a", "size": "513x512"}, "width"),
+        ({"prompt": "a", "size": "513x512"}, "size"),
         ({"prompt": "a", "response_format": "jpeg"}, "response_format"),
         ({"prompt": "a", "output_format": "gif"}, "output_format"),
         ({"prompt": "a", "output_compression": 101}, "output_compression"),

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from engines.base import EngineUnavailable
-from engines.build.openvino_int8 import MIN_PSNR_DB, calibration_prompts, image_error
+from engines.build.openvino_int8 import DEFAULT_SAMPLES, MIN_PSNR_DB, image_error, nncf_statistics_in
+from engines.core.numerics import openvino_float_hint
 from engines.select import EngineRequest, select_engine
 from tests.helpers import EXAMPLE_PROMPT, ServiceProcess, generate, request, run_build_engines, running_service
 
@@ -42,8 +43,11 @@ def test_the_int8_build_records_its_image_error_against_the_float_images(int8_bu
     assert quality["usable"] and quality["min_psnr_db"] == MIN_PSNR_DB and quality["images"] == 4
     assert quality["psnr_db"] is None or quality["psnr_db"] >= MIN_PSNR_DB
     assert 0 <= quality["mean_abs"] <= quality["max_abs"] <= 255
-    assert int8["details"]["calibration"]["prompts"] == len(calibration_prompts()) >= 24
-    assert int8["details"]["calibration"]["unet_inputs"] > int8["details"]["calibration"]["prompts"]  # 1-4 steps each
+    details = int8["details"]
+    assert details["calibration"]["unet_inputs"] == details["samples"] == DEFAULT_SAMPLES  # bounded, and reached
+    assert 0 < details["calibration"]["vae_inputs"] < DEFAULT_SAMPLES  # one per image, at 1 to 4 steps each
+    assert details["mode"] == "full" and details["calibrated_in"] == openvino_float_hint("int8")
+    assert "calibration inputs: 32/32 UNet inputs" in log and " s left" in log  # progress with an estimate
     assert len(int8["details"]["kept_in_float"]) == 2  # the first and the last convolution
     assert "int8 build quality (threshold 20 dB): " in log and " dB, mean |error| " in log
     assert int8["details"]["vae_decoder"] in ("int8", "float")
@@ -54,6 +58,50 @@ def test_the_quantized_ir_holds_int8_weights(int8_build: tuple[Path, str]) -> No
 
     model = ov.Core().read_model(int8_build[0] / "unet.openvino-int8" / "model.xml")
     assert any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+
+
+def _ops_feeding(model: object, kind: str) -> list[set[str]]:
+    """For every op of type `kind`, the types of the ops that feed it."""
+    return [{value.get_node().get_type_name() for value in op.input_values()} for op in model.get_ops() if op.get_type_name() == kind]
+
+
+def test_the_hybrid_mode_keeps_matmuls_in_float_with_int8_weights(int8_build: tuple[Path, str], presets_dir: Path, tmp_path: Path) -> None:
+    import openvino as ov
+
+    copy = tmp_path / "engines"
+    shutil.copytree(int8_build[0], copy)
+    result = run_build_engines(
+        ["--model", "tiny", "--out", str(copy), "--target", "cpu", "--precision", "int8", "--sizes", "256x256",
+         "--presets-dir", str(presets_dir), "--int8-mode", "hybrid", "--calibration-samples", "6"],
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "converting unet to OpenVINO IR: up to date" in result.stderr  # only the int8 step is made again
+    details = json.loads((copy / "manifest.json").read_text())["components"]["unet"]["openvino_int8"]["details"]
+    assert details["mode"] == "hybrid" and details["calibration"]["unet_inputs"] == 6
+    full = ov.Core().read_model(int8_build[0] / "unet.openvino-int8" / "model.xml")
+    hybrid = ov.Core().read_model(copy / "unet.openvino-int8" / "model.xml")
+    # full: MatMul activations pass through FakeQuantize; hybrid: none do, their weights are int8 constants.
+    assert any("FakeQuantize" in feeds for feeds in _ops_feeding(full, "MatMul"))
+    assert not any("FakeQuantize" in feeds for feeds in _ops_feeding(hybrid, "MatMul"))
+    assert any(op.get_type_name() == "Constant" and op.get_element_type() in (ov.Type.u8, ov.Type.i8) for op in hybrid.get_ops())
+    assert any("FakeQuantize" in feeds for feeds in _ops_feeding(hybrid, "Convolution"))  # convolutions: int8 compute
+
+
+def test_nncf_statistics_compile_in_the_float_arithmetic_the_service_serves() -> None:
+    import openvino as ov
+    from nncf.openvino.engine import OVNativeEngine
+
+    parameter = ov.opset13.parameter([1, 4], ov.Type.f32)
+    model = ov.Model([ov.opset13.relu(parameter)], [parameter])
+
+    def hint() -> str:
+        return OVNativeEngine(model).engine.infer_request.get_compiled_model().get_property("INFERENCE_PRECISION_HINT").get_type_name()
+
+    assert hint() == "f32"  # NNCF's own choice: a second f32 copy of the UNet
+    with nncf_statistics_in(openvino_float_hint("int8")):
+        assert hint() == openvino_float_hint("int8")
+    assert hint() == "f32"  # restored
 
 
 def test_a_build_past_the_threshold_is_refused_and_never_served(int8_build: tuple[Path, str], presets_dir: Path, tmp_path: Path) -> None:
@@ -121,8 +169,31 @@ def test_the_service_serves_int8_images_when_asked(int8_service: ServiceProcess,
     [
         (["--precision", "int8", "--int8-min-psnr", "-3"], "argument --int8-min-psnr: '-3': expected a positive number of dB, e.g. 20"),
         (["--int8-min-psnr", "30"], "--int8-min-psnr: applies to --precision int8 only"),
+        (["--precision", "int8", "--calibration-samples", "0"],
+         "argument --calibration-samples: '0': expected a whole number of UNet inputs from 1 to 1000, e.g. 32"),
+        (["--calibration-samples", "8"], "--calibration-samples: applies to --precision int8 only"),
+        (["--precision", "int8", "--int8-mode", "half"], "argument --int8-mode: invalid choice: 'half' (choose from 'full', 'hybrid')"),
     ],
 )
-def test_a_bad_threshold_is_refused_naming_the_flag(args: list[str], message: str, tmp_path: Path) -> None:
+def test_a_bad_int8_flag_is_refused_naming_the_flag(args: list[str], message: str, tmp_path: Path) -> None:
     result = run_build_engines(["--model", "tiny", "--out", str(tmp_path), "--target", "cpu", *args])
     assert result.returncode == 2 and result.stderr.strip().endswith(message)
+
+
+def test_the_benchmark_serves_the_int8_build_and_reports_its_error(int8_build: tuple[Path, str], presets_dir: Path, tmp_path: Path) -> None:
+    from tests.test_benchmarks_quick import run_quick
+
+    files = run_quick(tmp_path / "bench", presets_dir, "--sections", "int8", "--engine-dir", str(int8_build[0]))
+    results = json.loads(files[".json"].read_text())
+    assert results["errors"] == {}
+    int8 = results["int8"]
+    assert int8["engine"].startswith("openvino-cpu-int8") and "--precision" in int8["args"]
+    assert int8["misses"]["ok"] == int8["misses"]["requests"] > 0 and int8["misses"]["x_cache"] == {"MISS": int8["misses"]["requests"]}
+    assert int8["build"]["quality"]["usable"] and int8["build"]["seconds"] > 0 and int8["build"]["peak_rss_bytes"] > 2**20
+    summary = results["summary"]
+    assert summary["ours_int8_http_s"] == int8["misses"]["latency_s"]["p50"] > 0
+    goals = {goal["key"]: goal for goal in summary["cpu_goals"]}
+    assert goals["int8_service_peak_rss_bytes"]["value"] == int8["peak_rss_bytes"]
+    assert goals["int8_build_s"]["met"] == (int8["build"]["seconds"] <= 20 * 60)
+    report = files[".md"].read_text()
+    assert "## The int8 build over HTTP" in report and "## The CPU path's goals" in report and "image error against the float build" in report

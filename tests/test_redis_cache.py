@@ -20,8 +20,8 @@ from tests.helpers import ServiceProcess, engine_calls, generate, metric, replic
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed (make test installs it)")
 
 
-def test_a_miss_on_one_replica_is_a_hit_on_the_other(replicas):
-    a, b = replicas
+def test_a_miss_on_one_replica_is_a_hit_on_the_other(redis_replicas):
+    a, b = redis_replicas
     first = generate(a.base_url, {"prompt": "a shared lighthouse", "seed": 1})
     second = generate(b.base_url, {"prompt": "a shared lighthouse", "seed": 1})
     assert (first.headers["x-cache"], second.headers["x-cache"], second.headers["x-cache-tier"]) == ("MISS", "HIT", "redis")
@@ -30,8 +30,8 @@ def test_a_miss_on_one_replica_is_a_hit_on_the_other(replicas):
     assert third.headers["x-cache-tier"] == "memory", "the redis hit filled the tiers above it"
 
 
-def test_identical_requests_across_two_replicas_run_the_engine_once(replicas):
-    a, b = replicas
+def test_identical_requests_across_two_replicas_run_the_engine_once(redis_replicas):
+    a, b = redis_replicas
     before = engine_calls(a) + engine_calls(b)
     payload = {"prompt": "eight at once", "seed": 8, "num_inference_steps": 4}
     with ThreadPoolExecutor(8) as pool:
@@ -43,11 +43,11 @@ def test_identical_requests_across_two_replicas_run_the_engine_once(replicas):
     assert engine_calls(a) + engine_calls(b) - before == 1
 
 
-def test_replicas_serve_through_a_redis_outage_and_pick_it_up_again(replicas, redis_server):
-    a, b = replicas
+def test_replicas_serve_through_a_redis_outage_and_pick_it_up_again(redis_replicas, shared_redis):
+    a, b = redis_replicas
     warm = {"prompt": "before the outage", "seed": 2}
     assert generate(a.base_url, warm).status == 200
-    redis_server.stop()
+    shared_redis.stop()
     try:
         for i in range(4):
             for service in (a, b):
@@ -59,7 +59,7 @@ def test_replicas_serve_through_a_redis_outage_and_pick_it_up_again(replicas, re
             assert metric(text, "sdxl_cache_tier_up", tier="redis") == 0
             assert metric(text, "sdxl_cache_tier_errors_total", tier="redis") >= 1
     finally:
-        redis_server.start()
+        shared_redis.start()
     time.sleep(1.2)  # past the pause between probes of a Redis that was down
     after = {"prompt": "after the outage", "seed": 4}
     assert generate(a.base_url, after).headers["x-cache"] == "MISS"
@@ -70,15 +70,15 @@ def test_replicas_serve_through_a_redis_outage_and_pick_it_up_again(replicas, re
         assert metric(request(service.base_url, "GET", "/metrics").body.decode(), "sdxl_cache_tier_up", tier="redis") == 1
 
 
-def test_a_lease_whose_owner_is_killed_expires_and_another_replica_answers(redis_server, presets_dir, tmp_path, replicas):
-    _, b = replicas
+def test_a_lease_whose_owner_is_killed_expires_and_another_replica_answers(shared_redis, presets_dir, tmp_path, redis_replicas):
+    _, b = redis_replicas
     payload = {"prompt": "an owner that dies", "seed": 5}
     # A long batch window keeps A's request waiting, lease held, long enough to kill it.
-    owner = ServiceProcess(replica_args(presets_dir, tmp_path / "owner", redis_server.url, "--max-batch", "8", "--batch-window-ms", "10000"))
+    owner = ServiceProcess(replica_args(presets_dir, tmp_path / "owner", shared_redis.url, "--max-batch", "8", "--batch-window-ms", "10000"))
     try:
         owner.wait_ready()
         threading.Thread(target=lambda: _ignore_errors(lambda: generate(owner.base_url, payload)), daemon=True).start()
-        leases = redis_server.client()
+        leases = shared_redis.client()
         for _ in range(200):
             if list(leases.scan_iter("*:lease")):
                 break

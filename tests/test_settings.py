@@ -41,12 +41,22 @@ def test_flag_beats_environment_beats_default():
         (["--cache-url", "redis://redis:6379/cache"], {}, "the database must be a number"),
         (["--memory-cache-size", "big"], {}, "--memory-cache-size='big': must be a size"),
         (["--cache-ttl", "0"], {}, "--cache-ttl='0': must be from 1"),
+        (["--static-sizes", "512"], {}, "--static-sizes='512': must be WIDTHxHEIGHT sizes separated by commas"),
+        ([], {"SDXL_STATIC_SIZES": "512x512,big"}, "SDXL_STATIC_SIZES='512x512,big': must be WIDTHxHEIGHT"),
+        (["--cuda-graphs", "sometimes"], {}, "--cuda-graphs='sometimes': must be true or false"),
     ],
 )
 def test_bad_values_name_their_source_and_rule(argv, env, words):
     with pytest.raises(SettingsError) as caught:
         load_settings(argv, environ=env)
     assert words in str(caught.value)
+
+
+def test_static_sizes():
+    assert Settings().static_sizes is None, "the default: the engine's base size"
+    assert load_settings(["--static-sizes", "512x512, 768x512,512x512"], environ={}).static_sizes == ((512, 512), (768, 512))
+    assert load_settings([], environ={"SDXL_STATIC_SIZES": "none"}).static_sizes == ()
+    assert load_settings(["--static-sizes", "512x512"], environ={}).engine_request().static_sizes == ((512, 512),)
 
 
 def test_sizes():
@@ -79,3 +89,9 @@ def test_a_model_path_that_is_not_a_pipeline_stops_start_up(tmp_path):
     errors = [line for line in result.stderr.splitlines() if not line.startswith("{")]  # JSON lines are logs
     assert len(errors) == 1 and "not an SDXL pipeline directory" in errors[0]
     assert "Traceback" not in result.stderr
+
+
+def test_cuda_graphs_reach_the_engine_request():
+    assert Settings().cuda_graphs is False, "off by default: not yet measured on a GPU"
+    assert load_settings(["--cuda-graphs", "true"], environ={}).engine_request().cuda_graphs is True
+    assert load_settings([], environ={"SDXL_CUDA_GRAPHS": "1"}).cuda_graphs is True

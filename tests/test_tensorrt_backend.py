@@ -174,7 +174,7 @@ def test_a_strongly_typed_build_reads_its_precision_back(trt, tmp_path: Path, on
     calls = trt.options.calls
     assert calls["parsed"] == str(onnx_engines / "unet" / "model.onnx")
     assert calls["networks"][0].flags == 0  # TensorRT 11: strongly typed is the only mode, no flag
-    assert calls["flags"] == []  # no precision flags: the graph's types decide
+    assert calls["flags"] == ["-TF32"]  # no precision flags (the graph's types decide); TF32, on by default, cleared
     assert calls["config"].builder_optimization_level == 5
     assert calls["config"].profiling_verbosity is trt.ProfilingVerbosity.DETAILED
     assert calls["shapes"]["sample"] == ((1, 4, 64, 64), (1, 4, 64, 64), (4, 4, 96, 96))

@@ -61,13 +61,15 @@ def test_the_unet_plan_computes_in_fp16_read_back_from_the_plan(built, trt) -> N
     assert unet.typed_onnx.details["types"]["FLOAT16"] > 0
     assert unet.plan.details["graph"] == "unet_fp16/model.onnx"
     assert unet.plan.details["precision"] == "fp16"
-    assert unet.plan.details["io_dtypes"] == {
-        "sample": "HALF", "timestep": "HALF", "encoder_hidden_states": "HALF", "text_embeds": "HALF",
+    assert unet.plan.details["io_dtypes"] == {  # the timestep stays float32, as diffusers feeds it
+        "sample": "HALF", "timestep": "FLOAT", "encoder_hidden_states": "HALF", "text_embeds": "HALF",
         "time_ids": "HALF", "noise_pred": "HALF",
     }
-    assert unet.plan.details["layer_dtypes"] == {"HALF": 2}
+    assert unet.plan.details["layer_dtypes"] == {"HALF": 2}  # read from the 11.x inspector's "Datatype"
+    assert unet.plan.details["tf32"] is False  # cleared: TensorRT 11 starts with TF32 on
     assert fake_tensorrt.plan_path_io(out / "unet.plan")["sample"] == ("HALF", "INPUT")
     assert "FP16" not in trt.options.calls["flags"] and "BF16" not in trt.options.calls["flags"]
+    assert not unet.typed_onnx.details["types"].get("BFLOAT16")
 
 
 def test_the_vae_plan_stays_fp32_with_tf32(built, trt) -> None:
@@ -81,7 +83,8 @@ def test_the_vae_plan_stays_fp32_with_tf32(built, trt) -> None:
     encoder = Manifest.read(out).components[VAE_ENCODER]
     assert encoder.typed_onnx is None and encoder.plan.details["precision"] == "tf32"
     assert encoder.plan.details["io_dtypes"] == {"images": "FLOAT", "moments": "FLOAT"}
-    assert trt.options.calls["flags"] == ["TF32", "TF32"]  # set once per VAE plan, never for the UNet
+    # cleared for the UNet (on by default in TensorRT 11), set for each VAE plan
+    assert trt.options.calls["flags"] == ["-TF32", "TF32", "TF32"]
 
 
 def test_the_torch_model_is_freed_before_tensorrt_builds(built) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -129,24 +129,31 @@ def build_torch_pipeline(components: SDXLComponents, numerics: TorchNumerics) ->
 class TorchSide:
     """What a compiled backend takes from PyTorch."""
 
-    text_encoders: TorchTextEncoders
+    text_encoders: TorchTextEncoders | None  # None when loaded without them (the OpenVINO build brings its own)
+    tokenizers: tuple[Any, Any]
     config: PipelineConfig
     fingerprint: str
     tiny_vae: TorchVAEDecoder | None  # with --vae tiny: the decoder, which no build compiles
 
 
 def load_text_side(
-    model: str, numerics: TorchNumerics, presets_dir: Path | None, vae: str = "full", revision: str | None = None
+    model: str,
+    numerics: TorchNumerics,
+    presets_dir: Path | None,
+    vae: str = "full",
+    revision: str | None = None,
+    text_encoders: bool = True,
 ) -> TorchSide:
-    """For compiled backends: the text encoders, the loop's config, the model's fingerprint, and the
-    tiny autoencoder when asked for.
+    """For compiled backends: the text encoders (with `text_encoders`; the tokenizers always), the
+    loop's config, the model's fingerprint, and the tiny autoencoder when asked for.
 
     The UNet and the SDXL VAE are not read: the compiled engines replace them.
     """
     use_all_cores(numerics)
-    components = load_components(model, numerics.dtype, presets_dir, vae, text_only=True, revision=revision)
+    components = load_components(model, numerics.dtype, presets_dir, vae, text_only=True, revision=revision, text_encoders=text_encoders)
     return TorchSide(
-        torch_text_encoders(components, numerics),
+        torch_text_encoders(components, numerics) if text_encoders else None,
+        (components.tokenizer, components.tokenizer_2),
         pipeline_config(components),
         components.fingerprint,
         torch_vae_decoder(components, numerics) if components.tiny_vae else None,

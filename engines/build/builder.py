@@ -26,25 +26,34 @@ from engines.backends.openvino_engine import openvino_version
 from engines.backends.tensorrt_engine import INSTALL_HINT, tensorrt_version
 from engines.base import BUILD_PRECISIONS, TARGETS, EngineUnavailable
 from engines.build.onnx_export import EXPORT_FORMAT, OPSET, check_graph_types, check_onnx, export_modules, export_onnx, model_dims
-from engines.build.openvino_export import OPENVINO_FORMAT, check_inputs, check_openvino, convert_to_openvino, torch_output
+from engines.build.openvino_export import (
+    IR_FILE, OPENVINO_FORMAT, check_inputs, check_openvino, compress_to_int8, convert_to_openvino, text_check_inputs, text_torch_output,
+    torch_output,
+)
 from engines.build.openvino_int8 import (
-    CALIBRATION_PROMPTS, MIN_PSNR_DB, FloatModel, calibration_inputs, calibration_prompts, describe, image_error, images,
-    quantize,
+    CALIBRATION_PROMPTS, MIN_PSNR_DB, FloatModel, Int8Options, calibration_inputs, calibration_prompts, describe,
+    image_error, images, quantize,
 )
 from engines.build.tensorrt_plans import PlanBuildError, build_plan
 from engines.core.engine import PipelineEngine
 from engines.core.files import file_sha256, package_version
 from engines.core.golden import GoldenImage, golden_request, self_test_problem
 from engines.core.hardware import GpuInfo, cpu_features, cuda_gpu
-from engines.core.numerics import PRECISION_NAMES, tensorrt_graph
-from engines.core.resident import trim_heap
-from engines.core.specs import COMPILED_COMPONENTS, UNET, VAE_DECODER, VAE_ENCODER, BuildRange, ComponentSpec
+from engines.core.modules import TextEncoderModule
+from engines.core.numerics import PRECISION_NAMES, openvino_float_hint, tensorrt_graph
+from engines.core.resident import peak_rss_bytes, releasing_mapped_pages, trim_heap
+from engines.core.specs import (
+    COMPILED_COMPONENTS, TEXT_COMPONENTS, TEXT_ENCODER_2, UNET, VAE_DECODER, VAE_ENCODER, BuildRange, ComponentSpec, text_encoder_spec,
+)
 from engines.manifest import MANIFEST_NAME, Artefact, ArtefactKind, ComponentEntry, Manifest, ManifestError, inputs_key
 from engines.models.components import SDXLComponents
 from engines.models.sources import load_components, model_fingerprint
 
 logger = logging.getLogger(__name__)
 
+# The int8 text encoders' largest relative error against torch (max |error| / max |torch|) that
+# still keeps them: the float IR's own is about 1e-3 (fp16-stored weights).
+TEXT_INT8_TOLERANCE = 2e-2
 # Bump when plans are built differently: it is part of every plan's key. 2: strongly typed, precision read back.
 PLAN_FORMAT = 2
 
@@ -67,6 +76,8 @@ class BuildRequest:
     revision: str | None = None  # a hub model's commit, tag or branch
     tolerance: float = 1e-2  # largest relative error of an ONNX graph against torch
     int8_min_psnr: float = MIN_PSNR_DB  # --precision int8: the int8 images' least PSNR against the float ones
+    int8: Int8Options = Int8Options()  # --precision int8: how it is calibrated and quantized
+    text_int8_tolerance: float = TEXT_INT8_TOLERANCE  # --target cpu: int8 text encoder weights within this of torch
 
 
 @dataclass
@@ -137,10 +148,11 @@ class _Model:
             components = load_components(self.request.model, self.dtype, self.request.presets_dir, revision=self.request.revision)
         except EngineUnavailable as exc:
             raise BuildError(str(exc)) from exc
-        # Nothing is built from the text encoders (3 GB in float32 for SDXL): free them before the
-        # conversions, which hold a second copy of the UNet for a while.
-        components.text_encoder = components.text_encoder_2 = None
-        gc.collect()
+        # Only a CPU build converts the text encoders (first, then frees them); elsewhere free them
+        # (3 GB in float32 for SDXL) before the exports, which hold a second copy of the UNet for a while.
+        if self.request.target != "cpu":
+            components.text_encoder = components.text_encoder_2 = None
+            gc.collect()
         return components
 
     @functools.cached_property
@@ -154,6 +166,10 @@ class _Model:
         """Drop a component's torch weights once nothing more is made from them (the full UNet is 10 GB)."""
         if "components" not in self.__dict__ or component == VAE_ENCODER:
             return  # never loaded; or the encoder, whose VAE the decoder still needs (its release frees it)
+        if component in TEXT_COMPONENTS:
+            setattr(self.components, component, None)
+            gc.collect()
+            return
         modules = self.__dict__.get("modules", {})
         modules.pop(component, None)
         if component != UNET:
@@ -239,6 +255,7 @@ def build(request: BuildRequest) -> BuildReport:
         cpu=cpu_features() if to_openvino else None,
     )
     steps = len(COMPILED_COMPONENTS) if target is None else 2 * len(COMPILED_COMPONENTS) + _typed_graphs(request)
+    steps += len(TEXT_COMPONENTS) if to_openvino else 0
     int8 = to_openvino and request.precision == "int8"
     steps += int8
     run = _Run(request, manifest, None if request.force else previous, _Progress(steps), BuildReport(manifest))
@@ -246,7 +263,11 @@ def build(request: BuildRequest) -> BuildReport:
 
     # 2. Everything made from torch: each component's float32 ONNX graph (or OpenVINO IR), and for
     #    TensorRT the graph in the precision its plan computes in. Each torch component is freed
-    #    once its graphs exist.
+    #    once its graphs exist. A CPU build converts the text encoders first (the smallest).
+    if to_openvino:
+        for name in TEXT_COMPONENTS:
+            manifest.components[name] = ComponentEntry(None, openvino=_openvino_text(run, model, name))
+            model.release(name)
     for name in COMPILED_COMPONENTS:
         if to_openvino:
             manifest.components[name] = ComponentEntry(None, openvino=_openvino(run, model, specs[name]))
@@ -263,7 +284,7 @@ def build(request: BuildRequest) -> BuildReport:
 
     # 3b. int8 IR, quantized from the float IR with no torch model left (--target cpu --precision int8).
     if int8:
-        _openvino_int8(run, specs)
+        _openvino_int8(run)
 
     # 4. The golden image: what the engine just built makes for a fixed prompt and seed, which the
     #    service makes again at warm-up (engines/core/golden.py).
@@ -308,7 +329,8 @@ def _golden(request: BuildRequest, manifest: Manifest, kind: ArtefactKind) -> No
     if engine is None:
         logger.warning("self-test: no CUDA device runs the plans here, so no golden image is recorded")
         return
-    key = inputs_key({"files": {name: manifest.artefact(request.out, name, kind).files for name in COMPILED_COMPONENTS}})
+    names = manifest.present(COMPILED_COMPONENTS + TEXT_COMPONENTS, kind)
+    key = inputs_key({"files": {name: manifest.artefact(request.out, name, kind).files for name in names}})
     recorded = manifest.golden.get(engine.info.name)
     if recorded is not None and recorded.get("key") == key:
         logger.info("self-test: the golden image for %s is up to date", engine.info.name)
@@ -430,28 +452,74 @@ def _openvino(run: _Run, model: _Model, spec: ComponentSpec) -> Artefact:
     return run.artefact(spec.name, "openvino", key, f"converting {spec.name} to OpenVINO IR", make)
 
 
-def _openvino_int8(run: _Run, specs: dict[str, ComponentSpec]) -> None:
+def _openvino_text(run: _Run, model: _Model, name: str) -> Artefact:
+    """A CLIP text encoder to OpenVINO IR, checked against torch; then with int8-compressed weights
+    where its outputs stay within the build's text_int8_tolerance of torch's (both errors recorded), else float."""
+    request, out = run.request, run.request.out
+
+    def make() -> Artefact:
+        pooled = name == TEXT_ENCODER_2  # the second encoder's pooled output is the one SDXL reads
+        module = TextEncoderModule(getattr(model.components, name), pooled).eval()
+        samples = text_check_inputs(model.components.tokenizer_2 if pooled else model.components.tokenizer)
+        expected = text_torch_output(module, samples)
+        spec = text_encoder_spec(name, expected[0].shape[-1], expected[1].shape[-1] if pooled else None)
+        float_dir, int8_dir = out / f"{name}.openvino", out / f"{name}.openvino-int8"
+        path = convert_to_openvino(module, spec, run.manifest.dims, float_dir, samples)
+        model.release(name)
+        check = check_openvino(path, spec, samples, expected)
+        logger.info("%s in OpenVINO (f32) against torch: %s", name, check.describe())
+        if not check.max_rel <= request.tolerance:
+            raise BuildError(f"the converted {name} does not match torch: {check.describe()} (tolerance {request.tolerance:g})")
+        int8_check = check_openvino(compress_to_int8(path, int8_dir), spec, samples, expected)
+        int8 = int8_check.max_rel <= request.text_int8_tolerance
+        logger.info("%s with int8 weights against torch: %s (tolerance %g): %s", name, int8_check.describe(),
+                    request.text_int8_tolerance, "int8 kept" if int8 else "float kept")
+        shutil.rmtree(float_dir if int8 else int8_dir)
+        details = {"weights": "int8" if int8 else "fp16", "check": check.to_json(), "int8_check": int8_check.to_json(),
+                   "int8_tolerance": request.text_int8_tolerance}
+        return _graph_artefact(run, (int8_dir if int8 else float_dir) / IR_FILE, key, details)
+
+    versions = {k: run.manifest.versions[k] for k in ("torch", "diffusers", "openvino")}
+    key = inputs_key({"component": name, "fingerprint": run.manifest.fingerprint, "format": OPENVINO_FORMAT, "versions": versions,
+                      "nncf": package_version("nncf"), "int8_tolerance": request.text_int8_tolerance})
+    return run.artefact(name, "openvino", key, f"converting {name} to OpenVINO IR", make)
+
+
+def _openvino_int8(run: _Run) -> None:
     """The UNet (and the VAE decoder where the error allows) quantized to int8 from the float IR,
-    with the image error against the float IR recorded in the UNet's artefact (see openvino_int8.py)."""
+    with the image error against the float build recorded in the UNet's artefact (see openvino_int8.py)."""
     request, manifest, out = run.request, run.manifest, run.request.out
-    floats = {name: manifest.components[name].openvino for name in COMPILED_COMPONENTS}
+    # Every float IR the float build runs (the text encoders too) decides the calibration and the reference.
+    floats = {name: manifest.components[name].openvino for name in manifest.present(COMPILED_COMPONENTS + TEXT_COMPONENTS, "openvino")}
     size = min(request.build_range.sizes or ((512, 512),))[0]
     settings = {"nncf": package_version("nncf"), "prompts": file_sha256(CALIBRATION_PROMPTS), "size": size,
-                "min_psnr_db": request.int8_min_psnr}
+                "min_psnr_db": request.int8_min_psnr, **request.int8.to_json(),
+                "calibrated_in": openvino_float_hint("int8")}  # the float arithmetic the service runs the build in
     key = inputs_key({"float_ir": {name: a.files for name, a in floats.items()}, **settings})
     made: dict[str, Artefact | None] = {VAE_DECODER: None}
 
     def make() -> Artefact:
-        float_model = FloatModel.load(request.model, request.presets_dir, out / floats[UNET].path, out / floats[VAE_DECODER].path, specs)
-        prompts = calibration_prompts()
-        unet_inputs, vae_inputs = calibration_inputs(float_model.pipeline, prompts, size)
+        started = time.monotonic()
+        # The compiled float IR and NNCF's copies map the IR files: keep only their own copies resident.
+        with releasing_mapped_pages(out):
+            made = quantized_artefact()
+        # Outside the key: what the step cost, for the benchmark's report (VmHWM covers the whole process).
+        made.details.update(seconds=time.monotonic() - started, peak_rss_bytes=peak_rss_bytes())
+        return made
+
+    def quantized_artefact() -> Artefact:
+        float_model = FloatModel.load(request.model, request.presets_dir, out, manifest, settings["calibrated_in"])
+        unet_inputs, vae_inputs = calibration_inputs(float_model.pipeline, calibration_prompts(), size, request.int8.samples)
         reference = images(float_model.pipeline, size)
-        float_model.pipeline.unet = None  # one compiled UNet at a time: NNCF reads its own copy next
-        unet_path, kept_in_float = quantize(out / floats[UNET].path, unet_inputs, out / f"{UNET}.openvino-int8", keep_ends_in_float=True)
+        float_model.pipeline.unet = None  # one compiled UNet at a time: NNCF compiles its own copy next
+        gc.collect()
+        unet_path, kept_in_float = quantize(out / floats[UNET].path, unet_inputs, out / f"{UNET}.openvino-int8",
+                                            keep_ends_in_float=True, options=request.int8, hint=float_model.hint)
         unet_error = image_error(reference, images(float_model.with_runners(unet=unet_path), size), request.int8_min_psnr)
         logger.info("int8 UNet, float VAE decoder, against the float IR: %s", describe(unet_error))
         vae_dir = out / f"{VAE_DECODER}.openvino-int8"
-        vae_path, _ = quantize(out / floats[VAE_DECODER].path, vae_inputs, vae_dir, keep_ends_in_float=True)
+        vae_path, _ = quantize(out / floats[VAE_DECODER].path, vae_inputs, vae_dir, keep_ends_in_float=True,
+                               options=request.int8, hint=float_model.hint)
         both_error = image_error(reference, images(float_model.with_runners(unet=unet_path, vae=vae_path), size), request.int8_min_psnr)
         logger.info("int8 UNet and int8 VAE decoder against the float IR: %s", describe(both_error))
         int8_vae = both_error["usable"] and unet_error["usable"]
@@ -466,7 +534,7 @@ def _openvino_int8(run: _Run, specs: dict[str, ComponentSpec]) -> None:
         details = {
             "weights": "int8", **settings, "quality": quality, "vae_decoder": "int8" if int8_vae else "float",
             "errors": {"unet_int8": unet_error, "unet_and_vae_int8": both_error},
-            "calibration": {"prompts": len(prompts), "unet_inputs": len(unet_inputs), "vae_inputs": len(vae_inputs)},
+            "calibration": {"unet_inputs": len(unet_inputs), "vae_inputs": len(vae_inputs)},
             "kept_in_float": kept_in_float,
         }
         return _graph_artefact(run, unet_path, key, details)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +28,21 @@ logger = logging.getLogger(__name__)
 MIN_VERSION = (10, 12)  # the first TensorRT whose strongly typed networks take bf16 and fp16 graphs as they are
 # TensorRT DataType names -> the precision they stand for.
 PRECISION_OF = {"FLOAT": "fp32", "HALF": "fp16", "BF16": "bf16"}
-# How the inspector's "Format/Datatype" strings name a type ("Row major linear FP16 format", "... Half"),
-# matched in this order ("BF16" holds "F16") -> the DataType name.
-FORMAT_TYPES = (("BF16", "BF16"), ("FP16", "HALF"), ("HALF", "HALF"), ("FP32", "FLOAT"), ("FLOAT", "FLOAT"),
-                ("INT8", "INT8"), ("INT32", "INT32"), ("INT64", "INT64"), ("BOOL", "BOOL"))
+# How the engine inspector's JSON names a type -> the DataType name, matched on whole words, case
+# folded. TensorRT 11 writes a layer tensor's type alone under "Datatype" and its layout under
+# "Format" (migration guide 10.x -> 11.x, "IEngineInspector JSON Output": "Float"); 10.x wrote both
+# in one "Format/Datatype" string ("Row major linear FP32", "Channel major FP16 format ...", or a
+# bare "Float"). The spellings are those NVIDIA's own readers of that JSON accept (Polygraphy's
+# backend/trt/util.py for 10.x; the trt-perf-analysis report's "Datatype" table for 11.x).
+INSPECTOR_TYPES = {
+    **dict.fromkeys(("float", "float32", "fp32"), "FLOAT"),
+    **dict.fromkeys(("half", "float16", "fp16"), "HALF"),
+    **dict.fromkeys(("bfloat16", "bf16"), "BF16"),
+    **dict.fromkeys(("fp8", "float8"), "FP8"),
+    **dict.fromkeys(("bool", "boolean"), "BOOL"),
+    **{name.lower(): name for name in ("INT8", "INT32", "INT64", "UINT8", "INT4", "FP4", "E8M0")},
+}
+INSPECTOR_TYPE_KEYS = ("Datatype", "Format/Datatype")  # 11.x first, 10.x as the fallback
 
 
 class PlanBuildError(RuntimeError):
@@ -115,8 +127,13 @@ def _build(
     config = builder.create_builder_config()
     config.builder_optimization_level = optimization_level
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # so the inspector can report layer types
+    # TF32 is on in a new config ("Enabled by default", pyCoreDoc.h BuilderFlag.TF32): an fp32 plan
+    # computes in fp32 only if the flag is cleared. Asked for, it gives fp32 graphs (the VAE) TF32
+    # tensor cores with fp32 range. The plan is named by the flag the config holds when it builds.
     if tf32:
-        config.set_flag(trt.BuilderFlag.TF32)  # fp32 graphs (the VAE): TF32 tensor cores, fp32 range
+        config.set_flag(trt.BuilderFlag.TF32)
+    else:
+        config.clear_flag(trt.BuilderFlag.TF32)
     optimization_profile = builder.create_optimization_profile()
     for name, (smallest, usual, largest) in profile.items():
         optimization_profile.set_shape(name, smallest, usual, largest)
@@ -131,7 +148,7 @@ def _build(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise PlanBuildError(f"TensorRT could not build {plan_path.name} from {onnx_path} (its log says why)")
-    facts = read_back(trt, serialized, tf32)
+    facts = read_back(trt, serialized, config.get_flag(trt.BuilderFlag.TF32))
     write_atomically(plan_path, memoryview(serialized))
     write_atomically(timing_cache, memoryview(config.get_timing_cache().serialize()))
     return facts
@@ -151,15 +168,22 @@ def read_back(trt: Any, serialized: Any, tf32: bool) -> PlanFacts:
 
 
 def _layer_output_types(layers: list[Any]) -> Iterator[str]:
-    """Each layer output's DataType name, from the inspector's detailed JSON ("Format/Datatype")."""
+    """Each layer output's DataType name, from the inspector's detailed JSON (see INSPECTOR_TYPES)."""
     for layer in layers:
         if not isinstance(layer, dict):
             continue  # a layer reported by name only
         for output in layer.get("Outputs", []):
-            described = str(output.get("Format/Datatype", "")).upper() if isinstance(output, dict) else ""
-            found = next((name for token, name in FORMAT_TYPES if token in described), None)
-            if found is not None:
-                yield found
+            if isinstance(output, dict):
+                described = next((output[key] for key in INSPECTOR_TYPE_KEYS if key in output), "")
+                found = inspector_type(str(described))
+                if found is not None:
+                    yield found
+
+
+def inspector_type(described: str) -> str | None:
+    """The DataType name in an inspector type string ("Half", "BFloat16", "Row major linear FP32"), or None ("N/A")."""
+    words = re.findall(r"[a-z0-9]+", described.lower())
+    return next((INSPECTOR_TYPES[word] for word in words if word in INSPECTOR_TYPES), None)
 
 
 def _progress_monitor(trt: Any, label: str) -> Any:

@@ -54,3 +54,17 @@ class VAEEncoderModule(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.vae.encode(images, return_dict=False)[0].parameters
+
+
+class TextEncoderModule(torch.nn.Module):
+    """A CLIP text encoder as SDXL reads it: token ids in, the penultimate layer's hidden states
+    out, and with `pooled` the (projected) pooled output too. Without it the last layer feeds
+    nothing, so a traced graph leaves it out."""
+
+    def __init__(self, encoder: torch.nn.Module, pooled: bool) -> None:
+        super().__init__()
+        self.encoder, self.pooled = encoder, pooled
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        output = self.encoder(input_ids, output_hidden_states=True)
+        return (output.hidden_states[-2], output[0]) if self.pooled else output.hidden_states[-2]

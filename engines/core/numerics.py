@@ -8,6 +8,7 @@ tests/test_engine_names.py pins each backend's name, since a rename silently emp
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -27,14 +28,17 @@ def engine_name(
     device: str | None = None,
     vae_precision: str | None = None,
     text_precision: str | None = None,
+    static: str | None = None,
     tiny_vae: bool = False,
 ) -> str:
-    """`backend[-device]-precision[-vae-P][-text-P][-taesd]`: a part is named only when it is given."""
+    """`backend[-device]-precision[-vae-P][-text-P][-static-S][-taesd]`: a part is named only when it is given."""
     parts = [backend, *([device] if device else []), precision]
     if vae_precision is not None:
         parts += ["vae", vae_precision]
     if text_precision is not None:
         parts += ["text", text_precision]
+    if static is not None:
+        parts += ["static", static]
     return "-".join(parts) + (TINY_VAE_SUFFIX if tiny_vae else "")
 
 
@@ -118,12 +122,21 @@ def openvino_float_hint(precision: str) -> str:
     return precision
 
 
-def openvino_name(precision: str, tiny_vae: bool = False) -> str:
+def openvino_name(
+    precision: str, tiny_vae: bool = False, text_weights: str | None = None, static_sizes: Sequence[tuple[int, int]] = ()
+) -> str:
     """`openvino-cpu-f32`, `openvino-cpu-bf16`, `openvino-cpu-int8` (float layers in f32) or
-    `openvino-cpu-int8-bf16` (float layers in bf16): each computes other bytes, so each its own cache key."""
+    `openvino-cpu-int8-bf16` (float layers in bf16): each computes other bytes, so each its own cache key.
+    The text encoders: in torch without a part (builds from before their IR); from their IR,
+    `-text-ov` (float weights), `-text-ov-int8` (both int8-compressed) or `-text-ov-int8-fp16` (one each).
+    Static compiles (`-static-512x512-768x512`): in bf16 a static compile's kernels round otherwise
+    than the dynamic one's (pixels move by up to 3 levels), so the sizes compiled statically are
+    part of the name."""
     if precision == "int8" and openvino_float_hint(precision) != "f32":
         precision = f"int8-{openvino_float_hint(precision)}"
-    return engine_name("openvino", precision, device="cpu", tiny_vae=tiny_vae)
+    text = None if text_weights is None else "ov" + ("" if text_weights == "fp16" else f"-{text_weights}")
+    static = "-".join(f"{w}x{h}" for w, h in sorted(static_sizes)) or None
+    return engine_name("openvino", precision, device="cpu", text_precision=text, static=static, tiny_vae=tiny_vae)
 
 
 # --- TensorRT ----------------------------------------------------------------------------------------

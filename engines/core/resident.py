@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import mmap
 import os
+import resource
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -79,3 +80,8 @@ def trim_heap() -> None:
     trim = getattr(_libc, "malloc_trim", None)  # glibc only
     if trim is not None:
         trim(0)
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (ru_maxrss: Linux's VmHWM)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -26,6 +26,11 @@ VAE_ENCODER = "vae_encoder"  # image-to-image only
 COMPILED_COMPONENTS = (UNET, VAE_ENCODER, VAE_DECODER)
 # What text-to-image needs: all that builds from before image-to-image hold, and still serve.
 REQUIRED_COMPONENTS = (UNET, VAE_DECODER)
+TEXT_ENCODER = "text_encoder"
+TEXT_ENCODER_2 = "text_encoder_2"
+# The CLIP encoders a --target cpu build converts too (builds from before them still serve, with
+# the encoders in torch).
+TEXT_COMPONENTS = (TEXT_ENCODER, TEXT_ENCODER_2)
 
 Shape = tuple[int, ...]
 Size = tuple[int, int]  # (width, height), as requests say it
@@ -36,6 +41,9 @@ class TensorSpec:
     name: str
     shape: tuple[int | str, ...]
     dtype: torch.dtype = torch.float32
+    # Stays float32 in a typed (fp16/bf16) graph: the timestep, as diffusers feeds it (the scheduler's
+    # float32 timesteps; the UNet casts its embedding, not the value). bf16 would make 999 into 1000.
+    keeps_fp32: bool = False
 
 
 @dataclass(frozen=True)
@@ -164,10 +172,10 @@ class ComponentSpec:
         yield from self.outputs
 
     def in_dtype(self, dtype: torch.dtype) -> ComponentSpec:
-        """The same component with every float32 tensor in `dtype`: the graph a strongly typed plan is built from."""
+        """The same component with its float32 tensors (bar `keeps_fp32` ones) in `dtype`: the graph a strongly typed plan is built from."""
 
         def typed(tensors: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
-            return tuple(replace(t, dtype=dtype) if t.dtype == torch.float32 else t for t in tensors)
+            return tuple(replace(t, dtype=dtype) if t.dtype == torch.float32 and not t.keeps_fp32 else t for t in tensors)
 
         return replace(self, inputs=typed(self.inputs), outputs=typed(self.outputs))
 
@@ -223,13 +231,24 @@ def unet_spec(dims: ModelDims) -> ComponentSpec:
         name=UNET,
         inputs=(
             TensorSpec("sample", (BATCH, dims.latent_channels, LATENT_HEIGHT, LATENT_WIDTH)),
-            TensorSpec("timestep", (BATCH,)),
+            TensorSpec("timestep", (BATCH,), keeps_fp32=True),
             TensorSpec("encoder_hidden_states", (BATCH, MAX_TOKENS, dims.hidden_size)),
             TensorSpec("text_embeds", (BATCH, dims.pooled_size)),
             TensorSpec("time_ids", (BATCH, TIME_IDS)),
         ),
         outputs=(TensorSpec("noise_pred", (BATCH, dims.latent_channels, LATENT_HEIGHT, LATENT_WIDTH)),),
         max_batch_factor=2,
+    )
+
+
+def text_encoder_spec(name: str, hidden_size: int, pooled_size: int | None = None) -> ComponentSpec:
+    """Token ids -> the penultimate layer's hidden states (what SDXL reads), and for the second
+    encoder its projected pooled output too (`engines.core.text_encoders`)."""
+    pooled = () if pooled_size is None else (TensorSpec("text_embeds", (BATCH, pooled_size)),)
+    return ComponentSpec(
+        name=name,
+        inputs=(TensorSpec("input_ids", (BATCH, MAX_TOKENS), torch.int64),),
+        outputs=(TensorSpec("hidden_states", (BATCH, MAX_TOKENS, hidden_size)), *pooled),
     )
 
 

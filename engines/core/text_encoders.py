@@ -1,7 +1,6 @@
-"""SDXL's two CLIP text encoders in PyTorch, shared by every backend.
-
-They cost a few percent of an image (the UNet and the VAE are the rest), so every backend runs them
-here; the compiled backends swap only the UNet and the VAE decoder.
+"""SDXL's two CLIP text encoders: tokenizing, the prompt cache and truncation once, in `TextEncoders`;
+the encoders themselves in PyTorch here (every backend but OpenVINO), or compiled
+(engines/backends/openvino_engine.py).
 """
 
 from __future__ import annotations
@@ -13,26 +12,25 @@ from typing import Any, Sequence
 
 import torch
 
+from engines.core.modules import TextEncoderModule
 from engines.core.sdxl import MAX_TOKENS
 
 DEFAULT_PROMPT_CACHE_SIZE = 128  # entries of ~0.6 MB (77 x 2048 float32) each
 
 
-class TorchTextEncoders:
-    """Both encoders: penultimate hidden states side by side, pooled output of the second."""
+class TextEncoders:
+    """Both encoders: penultimate hidden states side by side, pooled output of the second. A
+    subclass runs the encoders (`_run`)."""
 
     def __init__(
         self,
         tokenizer: Any,
         tokenizer_2: Any,
-        text_encoder: torch.nn.Module,
-        text_encoder_2: torch.nn.Module,
         device: torch.device | str = "cpu",
         split_batch: bool = False,
         cache_size: int = DEFAULT_PROMPT_CACHE_SIZE,
     ) -> None:
         self.tokenizers = (tokenizer, tokenizer_2)
-        self.encoders = (text_encoder, text_encoder_2)
         self.device = torch.device(device)
         self.split_batch = split_batch  # one prompt at a time: see engines.backends.torch_runners.per_item
         # A fast tokenizer keeps its padding/truncation settings as state: counting tokens on other
@@ -75,13 +73,35 @@ class TorchTextEncoders:
         return encoded
 
     def _encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden_states = []
-        pooled = None
-        for tokenizer, encoder in zip(self.tokenizers, self.encoders):
-            ids = tokenizer(
-                list(prompts), padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt"
-            ).input_ids.to(self.device)
-            output = encoder(ids, output_hidden_states=True)
-            hidden_states.append(output.hidden_states[-2])
-            pooled = output[0]  # the second encoder's (projected) pooled output is the one kept
-        return torch.cat(hidden_states, dim=-1).float(), pooled.float()
+        ids = [
+            tokenizer(list(prompts), padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt").input_ids.to(self.device)
+            for tokenizer in self.tokenizers
+        ]
+        hidden, hidden_2, pooled = self._run(*ids)
+        return torch.cat([hidden, hidden_2], dim=-1).float(), pooled.float()
+
+    def _run(self, ids: torch.Tensor, ids_2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token ids of each encoder -> (first's penultimate hidden states, second's, second's pooled output)."""
+        raise NotImplementedError
+
+
+class TorchTextEncoders(TextEncoders):
+    """Both encoders as torch modules (or callables with their signature)."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        tokenizer_2: Any,
+        text_encoder: torch.nn.Module,
+        text_encoder_2: torch.nn.Module,
+        device: torch.device | str = "cpu",
+        split_batch: bool = False,
+        cache_size: int = DEFAULT_PROMPT_CACHE_SIZE,
+    ) -> None:
+        super().__init__(tokenizer, tokenizer_2, device, split_batch, cache_size)
+        # The second encoder's (projected) pooled output is the one SDXL reads.
+        self.encoders = (TextEncoderModule(text_encoder, pooled=False), TextEncoderModule(text_encoder_2, pooled=True))
+
+    def _run(self, ids: torch.Tensor, ids_2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        hidden_2, pooled = self.encoders[1](ids_2)
+        return self.encoders[0](ids), hidden_2, pooled

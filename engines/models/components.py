@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-ALL_PARTS = frozenset({"text", "unet", "vae"})  # which weights a load reads; the text side always
+ALL_PARTS = frozenset({"text", "unet", "vae"})  # which weights a load reads; the tokenizers always
 
 
 @dataclass

@@ -210,9 +210,11 @@ def build_sdxl_random(dtype: torch.dtype, parts: frozenset[str] = ALL_PARTS) -> 
         return {k: v for k, v in arch[section].items() if k != "class"}
 
     torch.manual_seed(TINY_SEED)
+    text_encoder = text_encoder_2 = None
     with _default_dtype(dtype):
-        text_encoder = CLIPTextModel(CLIPTextConfig(**without_class("text_encoder"))).eval()
-        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**without_class("text_encoder_2"))).eval()
+        if "text" in parts:  # left out only with the UNet and VAE (load_components), whose weights follow these
+            text_encoder = CLIPTextModel(CLIPTextConfig(**without_class("text_encoder"))).eval()
+            text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**without_class("text_encoder_2"))).eval()
         # Built after the text encoders, so their random weights do not depend on `parts`.
         unet = UNet2DConditionModel(**without_class("unet")).eval() if "unet" in parts else None
         vae = AutoencoderKL(**without_class("vae")).eval() if "vae" in parts else None

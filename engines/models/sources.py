@@ -9,6 +9,7 @@ is built in memory in the dtype it runs in, since 10 GB of random weights are no
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import time
@@ -45,14 +46,19 @@ def load_components(
     vae: str = "full",
     text_only: bool = False,
     revision: str | None = None,
+    text_encoders: bool = True,
 ) -> SDXLComponents:
     """Resolve `model` (preset name, local directory or hub id) and load it in `dtype`.
 
     vae="tiny" loads the tiny autoencoder (TAESD-XL) instead of the SDXL VAE: about 18 times less
     decoder work, softer images, for previews and real-time use. text_only=True leaves out the UNet
-    and the SDXL VAE (compiled backends bring their own): gigabytes never read.
+    and the SDXL VAE (compiled backends bring their own): gigabytes never read; with
+    text_encoders=False too, only the tokenizers and configs are read (an OpenVINO build brings the
+    encoders: sdxl-random's 800 M random parameters are then never built).
     """
-    parts = {"text"} | (set() if text_only else {"unet"}) | ({"vae"} if vae == "full" and not text_only else set())
+    if not text_encoders and not text_only:
+        raise ValueError("text_encoders=False: only with text_only=True (sdxl-random's UNet weights follow its encoders')")
+    parts = ({"text"} if text_encoders else set()) | (set() if text_only else {"unet"}) | ({"vae"} if vae == "full" and not text_only else set())
     components = _load_components(model, dtype, presets_dir, frozenset(parts), revision)
     if vae == "tiny":
         components.vae = load_tiny_autoencoder(model, dtype)
@@ -173,10 +179,9 @@ def load_components_from_directory(
 ) -> SDXLComponents:
     """The real loading path: diffusers/transformers `from_pretrained`, safetensors only, no remote code.
 
-    `parts` ("text", "unet", "vae") says which weights to read; the text side is always read.
+    `parts` ("text", "unet", "vae") says which weights to read; the tokenizers are always read.
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTokenizer
 
     _missing_components(directory)
 
@@ -192,13 +197,17 @@ def load_components_from_directory(
         )
         return module
 
-    def diffusers_model(cls: Any, subfolder: str) -> torch.nn.Module:
+    def diffusers_model(name: str, subfolder: str) -> torch.nn.Module:
+        # Imported only when read: diffusers' models (and transformers' CLIP models) take seconds to
+        # import, which a start that reads the tokenizers alone (the OpenVINO engine) does without.
+        cls = getattr(importlib.import_module("diffusers"), name)
         return timed(
             subfolder,
             lambda variant: cls.from_pretrained(directory, subfolder=subfolder, torch_dtype=dtype, use_safetensors=True, variant=variant),
         )
 
-    def transformers_model(cls: Any, subfolder: str) -> torch.nn.Module:
+    def transformers_model(name: str, subfolder: str) -> torch.nn.Module:
+        cls = getattr(importlib.import_module("transformers"), name)
         return timed(
             subfolder,
             lambda variant: cls.from_pretrained(
@@ -212,10 +221,10 @@ def load_components_from_directory(
     return SDXLComponents(
         tokenizer=CLIPTokenizer.from_pretrained(directory, subfolder="tokenizer"),
         tokenizer_2=CLIPTokenizer.from_pretrained(directory, subfolder="tokenizer_2"),
-        text_encoder=transformers_model(CLIPTextModel, "text_encoder"),
-        text_encoder_2=transformers_model(CLIPTextModelWithProjection, "text_encoder_2"),
-        unet=diffusers_model(UNet2DConditionModel, "unet") if "unet" in parts else None,
-        vae=diffusers_model(AutoencoderKL, "vae") if "vae" in parts else None,
+        text_encoder=transformers_model("CLIPTextModel", "text_encoder") if "text" in parts else None,
+        text_encoder_2=transformers_model("CLIPTextModelWithProjection", "text_encoder_2") if "text" in parts else None,
+        unet=diffusers_model("UNet2DConditionModel", "unet") if "unet" in parts else None,
+        vae=diffusers_model("AutoencoderKL", "vae") if "vae" in parts else None,
         scheduler_config=scheduler_config,
         fingerprint=fingerprint or hash_directory(directory),
         force_zeros_for_empty_prompt=bool(model_index.get("force_zeros_for_empty_prompt", True)),
