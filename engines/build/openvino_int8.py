@@ -9,12 +9,14 @@ recipe for SDXL Turbo calibrates on 32 to 64. NNCF's statistics passes run in th
 (it compiles in f32 unless told otherwise: a second 10 GB copy of the SDXL UNet). As OpenVINO's SDXL
 Turbo notebook does, the UNet's first and last convolutions stay in higher precision (an
 IgnoredScope): the first sees the raw latents, the last writes the noise prediction the scheduler
-subtracts; and bias correction is off (the notebook's setting; it re-runs every layer).
+subtracts; and bias correction is off (the notebook's setting; it re-runs every layer). Smooth
+quant, NNCF's default for transformer MatMuls, is off: on the full SDXL UNet it rescales every
+MatMul weight into new f32 constants, and the build was killed at 24 GB, right after it.
 
 Two modes (`--int8-mode`): `full` quantizes the activations and weights of every MatMul and
 convolution (int8 compute: AMX-INT8 or VNNI); `hybrid`, optimum-intel's mode for diffusion models,
 compresses the MatMul weights to int8 (computed in float after decompression) and fully quantizes
-the convolutions only, with smooth quant off for the MatMuls (their weights are already int8).
+the convolutions only.
 
 Quality: the int8 images against the float images of the same build, for fixed prompts and seeds
 (PSNR, mean and max absolute error in 8-bit levels). The VAE decoder is quantized only where the
@@ -68,8 +70,6 @@ class Int8Options:
 
     samples: int = DEFAULT_SAMPLES  # UNet inputs NNCF calibrates on (the VAE decoder: one per image of them)
     mode: str = "full"  # see INT8_MODES and the module's docstring
-    smooth_quant: bool = True  # NNCF's SmoothQuant on the MatMuls (full mode; NNCF's TRANSFORMER default)
-    bias_correction: bool = False  # OpenVINO's SDXL Turbo notebook turns it off
 
     def __post_init__(self) -> None:
         if self.mode not in INT8_MODES:
@@ -190,16 +190,13 @@ def quantize(float_ir: Path, inputs: list[Any], directory: Path, keep_ends_in_fl
     model = ov.Core().read_model(float_ir)
     kept = end_convolutions(model) if keep_ends_in_float else []
     not_quantized = list(kept)
-    smooth_matmuls = 0.95 if options.smooth_quant else -1  # NNCF's default alpha for MatMuls; -1: off
     if options.mode == "hybrid":
         matmuls = weighted_matmuls(model)
         model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM,
                                       ignored_scope=nncf.IgnoredScope(types=["Convolution"]))
         not_quantized += matmuls  # their weights are int8 already, their activations stay float
-        smooth_matmuls = -1
-    logger.info("NNCF: %s quantization of %s on %d inputs: statistics passes (%s), then the quantized graph; "
-                "its bars show the time left", options.mode, float_ir.parent.name, len(inputs),
-                "smooth quant, ranges" if smooth_matmuls > 0 else "ranges")
+    logger.info("NNCF: %s quantization of %s on %d inputs: a statistics pass, then the quantized graph; "
+                "its bars show the time left", options.mode, float_ir.parent.name, len(inputs))
     with nncf_statistics_in(hint):
         quantized = nncf.quantize(
             model,
@@ -208,8 +205,11 @@ def quantize(float_ir: Path, inputs: list[Any], directory: Path, keep_ends_in_fl
             subset_size=len(inputs),
             ignored_scope=nncf.IgnoredScope(names=not_quantized) if not_quantized else None,
             advanced_parameters=AdvancedQuantizationParameters(
-                disable_bias_correction=not options.bias_correction,
-                smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=smooth_matmuls),
+                # OpenVINO's SDXL Turbo notebook's setting: bias correction re-runs every layer.
+                disable_bias_correction=True,
+                # Smooth quant off (NNCF's TRANSFORMER default is on for MatMuls): on the full SDXL UNet it
+                # rescales every MatMul weight into new f32 constants, and the build was killed at 24 GB.
+                smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1),
             ),
         )
     with replaced_directory(directory) as staging:
