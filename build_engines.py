@@ -88,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--int8-mode", choices=INT8_MODES, default=None,
-        help="--precision int8: full (int8 MatMuls and convolutions, the default) or hybrid (int8 MatMul weights "
-             "computed in float, int8 convolutions)",
+        help="--precision int8: hybrid (int8 MatMul weights computed in float, int8 convolutions; the default) or "
+             "full (int8 MatMuls and convolutions; needs more than 24 GB for the full SDXL UNet)",
     )
     parser.add_argument("--batch", type=parse_batch, default=(1, 1), help="requests per batch: N or MIN-MAX (default 1)")
     sizes = parser.add_mutually_exclusive_group()

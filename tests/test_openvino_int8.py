@@ -46,7 +46,7 @@ def test_the_int8_build_records_its_image_error_against_the_float_images(int8_bu
     details = int8["details"]
     assert details["calibration"]["unet_inputs"] == details["samples"] == DEFAULT_SAMPLES  # bounded, and reached
     assert 0 < details["calibration"]["vae_inputs"] < DEFAULT_SAMPLES  # one per image, at 1 to 4 steps each
-    assert details["mode"] == "full" and details["calibrated_in"] == openvino_float_hint("int8")
+    assert details["mode"] == "hybrid" and details["calibrated_in"] == openvino_float_hint("int8")
     assert "calibration inputs: 32/32 UNet inputs" in log and " s left" in log  # progress with an estimate
     assert len(int8["details"]["kept_in_float"]) == 2  # the first and the last convolution
     assert "int8 build quality (threshold 20 dB): " in log and " dB, mean |error| " in log
@@ -65,22 +65,24 @@ def _ops_feeding(model: object, kind: str) -> list[set[str]]:
     return [{value.get_node().get_type_name() for value in op.input_values()} for op in model.get_ops() if op.get_type_name() == kind]
 
 
-def test_the_hybrid_mode_keeps_matmuls_in_float_with_int8_weights(int8_build: tuple[Path, str], presets_dir: Path, tmp_path: Path) -> None:
+def test_the_hybrid_mode_keeps_matmuls_in_float_with_int8_weights_and_full_mode_quantizes_them(
+    int8_build: tuple[Path, str], presets_dir: Path, tmp_path: Path
+) -> None:
     import openvino as ov
 
     copy = tmp_path / "engines"
     shutil.copytree(int8_build[0], copy)
     result = run_build_engines(
         ["--model", "tiny", "--out", str(copy), "--target", "cpu", "--precision", "int8", "--sizes", "256x256",
-         "--presets-dir", str(presets_dir), "--int8-mode", "hybrid", "--calibration-samples", "6"],
+         "--presets-dir", str(presets_dir), "--int8-mode", "full", "--calibration-samples", "6"],
         timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "converting unet to OpenVINO IR: up to date" in result.stderr  # only the int8 step is made again
     details = json.loads((copy / "manifest.json").read_text())["components"]["unet"]["openvino_int8"]["details"]
-    assert details["mode"] == "hybrid" and details["calibration"]["unet_inputs"] == 6
-    full = ov.Core().read_model(int8_build[0] / "unet.openvino-int8" / "model.xml")
-    hybrid = ov.Core().read_model(copy / "unet.openvino-int8" / "model.xml")
+    assert details["mode"] == "full" and details["calibration"]["unet_inputs"] == 6
+    hybrid = ov.Core().read_model(int8_build[0] / "unet.openvino-int8" / "model.xml")
+    full = ov.Core().read_model(copy / "unet.openvino-int8" / "model.xml")
     # full: MatMul activations pass through FakeQuantize; hybrid: none do, their weights are int8 constants.
     assert any("FakeQuantize" in feeds for feeds in _ops_feeding(full, "MatMul"))
     assert not any("FakeQuantize" in feeds for feeds in _ops_feeding(hybrid, "MatMul"))

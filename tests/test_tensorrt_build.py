@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -33,9 +34,17 @@ def trt(monkeypatch):
     return module
 
 
-@pytest.fixture
-def built(trt, tmp_path: Path, presets_dir: Path, monkeypatch) -> tuple[Path, builder.BuildReport]:
-    """One tiny build for a faked H200; records which torch UNets were alive when each plan was built."""
+@dataclass
+class Built:
+    out: Path
+    report: builder.BuildReport
+    trt: object  # the stand-in module the build ran against, with its recorded calls
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, presets_dir: Path) -> Built:
+    """One tiny build for a faked H200, shared by the module's tests (none changes its files); records
+    which torch UNets were alive when each plan was built."""
     alive: list[int] = []
     real_build_plan = builder.build_plan
 
@@ -46,15 +55,19 @@ def built(trt, tmp_path: Path, presets_dir: Path, monkeypatch) -> tuple[Path, bu
         alive.append(sum(type(o) in (UNet2DConditionModel, AutoencoderKL) for o in gc.get_objects()))
         return real_build_plan(*args, **kwargs)
 
-    monkeypatch.setattr(builder, "build_plan", counting_build_plan)
-    out = tmp_path / "engines"
-    report = build(BuildRequest(model="tiny", out=out, build_range=RANGE, presets_dir=presets_dir))
+    module = fake_tensorrt.make_module()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "tensorrt", module)
+        patch.setattr(builder, "cuda_gpu", lambda: GPU)
+        patch.setattr(builder, "build_plan", counting_build_plan)
+        out = tmp_path_factory.mktemp("tensorrt-build") / "engines"
+        report = build(BuildRequest(model="tiny", out=out, build_range=RANGE, presets_dir=presets_dir))
     report.torch_models_alive_at_plans = alive  # type: ignore[attr-defined]
-    return out, report
+    return Built(out, report, module)
 
 
-def test_the_unet_plan_computes_in_fp16_read_back_from_the_plan(built, trt) -> None:
-    out, _ = built
+def test_the_unet_plan_computes_in_fp16_read_back_from_the_plan(built) -> None:
+    out, trt = built.out, built.trt
     unet = Manifest.read(out).components[UNET]
     assert unet.onnx.path == "unet/model.onnx"  # the fp32 graph stays, for ONNX Runtime and the checks
     assert unet.typed_onnx.path == "unet_fp16/model.onnx"
@@ -72,8 +85,8 @@ def test_the_unet_plan_computes_in_fp16_read_back_from_the_plan(built, trt) -> N
     assert not unet.typed_onnx.details["types"].get("BFLOAT16")
 
 
-def test_the_vae_plan_stays_fp32_with_tf32(built, trt) -> None:
-    out, _ = built
+def test_the_vae_plan_stays_fp32_with_tf32(built) -> None:
+    out, trt = built.out, built.trt
     vae = Manifest.read(out).components[VAE_DECODER]
     assert vae.typed_onnx is None
     assert vae.plan.details["graph"] == "vae_decoder/model.onnx"
@@ -88,17 +101,17 @@ def test_the_vae_plan_stays_fp32_with_tf32(built, trt) -> None:
 
 
 def test_the_torch_model_is_freed_before_tensorrt_builds(built) -> None:
-    _, report = built
+    report = built.report
     assert report.torch_models_alive_at_plans == [0, 0, 0]
 
 
 def test_the_timing_cache_is_keyed_by_gpu_and_tensorrt(built) -> None:
-    out, _ = built
+    out = built.out
     assert (out / f"timing-nvidia-h200-sm90-trt{fake_tensorrt.VERSION}.cache").is_file()
 
 
-def test_the_service_picks_and_names_the_plans_from_their_read_back_precision(built, monkeypatch, presets_dir) -> None:
-    out, _ = built
+def test_the_service_picks_and_names_the_plans_from_their_read_back_precision(built, trt, monkeypatch, presets_dir) -> None:
+    out = built.out
     monkeypatch.setattr(select, "probe_gpu", lambda: GPU)
     monkeypatch.setattr(select, "probe_tensorrt", lambda: fake_tensorrt.VERSION)
     engine = select.select_engine(select.EngineRequest("auto", "tiny", out, presets_dir=presets_dir))
@@ -107,8 +120,8 @@ def test_the_service_picks_and_names_the_plans_from_their_read_back_precision(bu
     assert engine.limits.sizes == ((512, 512), (768, 512))
 
 
-def test_a_second_build_loads_no_weights_and_makes_nothing(built, presets_dir, monkeypatch) -> None:
-    out, _ = built
+def test_a_second_build_loads_no_weights_and_makes_nothing(built, trt, presets_dir, monkeypatch) -> None:
+    out = built.out
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a build with nothing to do loaded the model")
@@ -120,7 +133,7 @@ def test_a_second_build_loads_no_weights_and_makes_nothing(built, presets_dir, m
 
 
 def test_plans_without_a_read_back_precision_are_refused(built) -> None:
-    out, _ = built
+    out = built.out
     manifest = Manifest.read(out)
     del manifest.components[UNET].plan.details["io_dtypes"]
     with pytest.raises(ManifestError, match="record no precision read back .* rebuild on this machine"):

@@ -13,10 +13,12 @@ subtracts; and bias correction is off (the notebook's setting; it re-runs every 
 quant, NNCF's default for transformer MatMuls, is off: on the full SDXL UNet it rescales every
 MatMul weight into new f32 constants, and the build was killed at 24 GB, right after it.
 
-Two modes (`--int8-mode`): `full` quantizes the activations and weights of every MatMul and
-convolution (int8 compute: AMX-INT8 or VNNI); `hybrid`, optimum-intel's mode for diffusion models,
+Two modes (`--int8-mode`): `hybrid` (the default), optimum-intel's mode for diffusion models,
 compresses the MatMul weights to int8 (computed in float after decompression) and fully quantizes
-the convolutions only.
+the convolutions only; `full` quantizes the activations and weights of every MatMul and convolution
+(int8 compute: AMX-INT8 or VNNI). On the full SDXL UNet NNCF's full mode took more than 24 GB before
+its first statistics sample and was killed (hybrid: 10.9 GB anonymous at its peak), so full mode is
+for machines with more memory, or smaller models.
 
 Quality: the int8 images against the float images of the same build, for fixed prompts and seeds
 (PSNR, mean and max absolute error in 8-bit levels). The VAE decoder is quantized only where the
@@ -69,7 +71,7 @@ class Int8Options:
     """How the int8 IR is made; every field is part of the int8 artefact's key."""
 
     samples: int = DEFAULT_SAMPLES  # UNet inputs NNCF calibrates on (the VAE decoder: one per image of them)
-    mode: str = "full"  # see INT8_MODES and the module's docstring
+    mode: str = "hybrid"  # see INT8_MODES and the module's docstring
 
     def __post_init__(self) -> None:
         if self.mode not in INT8_MODES:
