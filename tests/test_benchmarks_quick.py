@@ -20,6 +20,7 @@ from benchmarks.peers import CHECK_LIMIT, RUNS, peer_name
 from benchmarks.plan import QUICK
 from benchmarks.redis_server import REDIS_SERVER
 from benchmarks.scale import linearity_notes
+from benchmarks.suite import SECTIONS
 from benchmarks.summary import in_process_engine, peak_is_wrong, warnings
 from tests.helpers import REPO, run_quick_benchmark
 
@@ -41,7 +42,10 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory, presets_dir: Path) -> di
     if REDIS_SERVER is None:
         pytest.skip("redis-server is not installed (make test installs it): the Redis tier and two replicas need it")
     no_build, peers = tmp_path_factory.mktemp("no-engines"), tmp_path_factory.mktemp("peers")
-    files = run_quick_benchmark(tmp_path_factory.mktemp("bench"), presets_dir, "--engine-dir", str(no_build), "--peers-dir", str(peers))
+    # Every section but the fault run, which tests/test_faults.py drives itself (a minute of its own).
+    sections = ",".join(name for name in SECTIONS if name != "faults")
+    files = run_quick_benchmark(tmp_path_factory.mktemp("bench"), presets_dir, "--engine-dir", str(no_build), "--peers-dir", str(peers),
+                                "--sections", sections)
     return {**files, "peers": peers}
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.faults import SCHEDULE, run_faults
+from benchmarks.report import _faults as _faults_section
 from benchmarks.redis_server import REDIS_SERVER
 
 
@@ -23,4 +24,7 @@ def test_every_request_under_faults_gets_its_image_or_a_retry_after(presets_dir)
     assert result["failures"] == 0, result
     assert result["outcomes"].get("image", 0) >= 20, result
     assert result["replica_b_exit"] == 0
+    # The benchmark's `faults` section is this run; its report table (the quick run leaves it to this test):
+    report = "\n".join(_faults_section({"faults": result}))
+    assert "## Faults under load" in report and f"**{result['failures']}**" in report
     print(result)  # the counts, for the record (pytest -s)

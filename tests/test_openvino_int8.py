@@ -15,7 +15,9 @@ from engines.base import EngineUnavailable
 from engines.build.openvino_int8 import DEFAULT_SAMPLES, MIN_PSNR_DB, image_error, nncf_statistics_in
 from engines.core.numerics import openvino_float_hint
 from engines.select import EngineRequest, select_engine
-from tests.helpers import EXAMPLE_PROMPT, ServiceProcess, generate, request, run_build_engines, running_service
+from tests.helpers import (
+    EXAMPLE_PROMPT, ServiceProcess, generate, request, run_build_engines, run_quick_benchmark, running_service,
+)
 
 pytest.importorskip("nncf", reason="the int8 build needs NNCF: pip install '.[openvino]'")
 
@@ -183,9 +185,7 @@ def test_a_bad_int8_flag_is_refused_naming_the_flag(args: list[str], message: st
 
 
 def test_the_benchmark_serves_the_int8_build_and_reports_its_error(int8_build: tuple[Path, str], presets_dir: Path, tmp_path: Path) -> None:
-    from tests.test_benchmarks_quick import run_quick
-
-    files = run_quick(tmp_path / "bench", presets_dir, "--sections", "int8", "--engine-dir", str(int8_build[0]))
+    files = run_quick_benchmark(tmp_path / "bench", presets_dir, "--sections", "int8", "--engine-dir", str(int8_build[0]))
     results = json.loads(files[".json"].read_text())
     assert results["errors"] == {}
     int8 = results["int8"]
