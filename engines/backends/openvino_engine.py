@@ -235,6 +235,12 @@ class OpenVINOEngine(PipelineEngine):
         self.info.name = openvino_name(self.precision, vae == "tiny", self.text_weights, self.static_sizes)
 
     def load(self) -> None:
+        # Compiling (or finding a cached blob for) a model read from the IR touches every mapped weight
+        # page: release them as it goes, or they all count in the peak beside the compiled copies.
+        with releasing_mapped_pages(self.engine_dir):
+            self._load()
+
+    def _load(self) -> None:
         text_ir = self.text_weights is not None
         if not text_ir:
             logger.warning(
